@@ -1,0 +1,175 @@
+"""What a lightbert checkpoint holds beyond Lightning's own state, and how to read one safely.
+
+Lightning's ``.ckpt`` is a pickle. Ours holds only what ``torch.load(weights_only=True)`` accepts (tensors, str,
+int, float, bool, None, lists and dicts), so reading one never runs code. Beside Lightning's weights, optimizer,
+scheduler and loop state, the ``"lightbert"`` section carries everything needed to use the model with nothing
+else at hand: the HF config (with labels and problem type), the tokenizer files, the data settings, the resolved
+training config, library versions, and the RNG states for an exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightbert.errors import LightbertError
+
+FORMAT_VERSION = 1
+SECTION = "lightbert"
+
+
+def versions() -> dict[str, str]:
+    import lightning
+    import transformers
+
+    from lightbert import __version__
+
+    return {"lightbert": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "lightning": lightning.__version__}
+
+
+def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
+    """Raise if ``value`` holds anything but tensors, str, int, float, bool, None, lists, tuples and dicts."""
+    if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_weights_only_safe(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}")
+            check_weights_only_safe(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which weights_only loading refuses")
+
+
+# -- tokenizer files ------------------------------------------------------------------------------------------------
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, Any]:
+    """The files ``save_pretrained`` writes for ``tokenizer``: text files as str, others as uint8 tensors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        files: dict[str, Any] = {}
+        for path in sorted(Path(tmp).rglob("*")):
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            name = path.relative_to(tmp).as_posix()
+            try:
+                files[name] = data.decode("utf-8")
+            except UnicodeDecodeError:  # e.g. a sentencepiece model
+                files[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+    return files
+
+
+def write_tokenizer_files(files: dict[str, Any], directory: str | Path) -> None:
+    directory = Path(directory)
+    for name, content in files.items():
+        target = directory / name
+        if not target.resolve().is_relative_to(directory.resolve()):
+            raise LightbertError(f"checkpoint names a tokenizer file outside its directory: {name!r}", "the file is corrupt or hostile; do not use it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            target.write_text(content, encoding="utf-8")
+        else:
+            target.write_bytes(content.numpy().tobytes())
+
+
+def tokenizer_from_files(files: dict[str, Any]) -> Any:
+    from lightbert.data import load_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(files, tmp)
+        return load_tokenizer(tmp)
+
+
+# -- RNG state --------------------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) RNG states, in weights_only-safe form."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(x) for x in python["state"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the section ----------------------------------------------------------------------------------------------------
+
+
+def config_dict(hf_config: Any) -> dict[str, Any]:
+    """An HF config as plain JSON data (dtypes and other objects become strings)."""
+    return json.loads(hf_config.to_json_string(use_diff=False))
+
+
+def build_section(
+    *,
+    hf_config: Any,
+    tokenizer_files: dict[str, Any],
+    task: str,
+    labels: list[str] | None,
+    data_settings: dict[str, Any],
+    training_config: str | None,
+    rng: dict[str, Any] | None,
+) -> dict[str, Any]:
+    section = {
+        "format_version": FORMAT_VERSION,
+        "hf_config": config_dict(hf_config),
+        "tokenizer_files": tokenizer_files,
+        "task": task,
+        "labels": list(labels) if labels is not None else None,
+        "data": dict(data_settings),
+        "training_config": training_config,
+        "versions": versions(),
+        "rng": rng,
+    }
+    check_weights_only_safe(section, "checkpoint['lightbert']")
+    return section
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a ``.ckpt`` with ``weights_only=True`` on the CPU; a file that needs more is refused, never run."""
+    text = str(path)
+    if "://" in text:
+        raise LightbertError(f"checkpoint paths must be local files, not URLs: {text}", "download the file yourself and check where it comes from")
+    path = Path(path)
+    if not path.is_file():
+        raise LightbertError(f"checkpoint not found: {path}", "check the path")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).split("Unsupported global:")[-1].strip().split("\n")[0] if "Unsupported global" in str(err) else "objects outside tensors and plain data"
+        raise LightbertError(f"{path} holds {detail}, which could run code when loaded; refused", "use a checkpoint written by lightbert, or one you made yourself") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise LightbertError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]})", "the file is truncated or not a .ckpt; use another checkpoint") from None
+    if not isinstance(checkpoint, dict):
+        raise LightbertError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})", "use a .ckpt written by lightbert or Lightning")
+    return checkpoint

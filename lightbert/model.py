@@ -1,0 +1,268 @@
+"""The LightningModule: a Hugging Face ``AutoModelForSequenceClassification`` trained the right way.
+
+What the common recipe gets wrong and this module does not: dropout is switched on for training (Lightning >= 2.2
+keeps ``from_pretrained``'s eval mode), weights load in float32 whatever the config's dtype, the optimizer is
+``torch.optim.AdamW`` without decay on biases and LayerNorm weights, the LR schedule steps per optimizer step,
+and every checkpoint carries the config, tokenizer, labels and RNG state needed to load it or resume exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torchmetrics
+from torch import nn
+
+from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state
+from lightbert.data import check_model_dir, default_base_model, load_tokenizer, TASKS
+from lightbert.errors import LightbertError
+
+PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def label_config(task: str, labels: list[str] | None) -> dict[str, Any]:
+    """The HF config fields that describe a classification head."""
+    names = labels if task != "regression" else None
+    num_labels = len(names) if names else 1
+    id2label = {i: name for i, name in enumerate(names)} if names else {0: "score"}
+    return {
+        "num_labels": num_labels,
+        "id2label": id2label,
+        "label2id": {name: i for i, name in id2label.items()},
+        "problem_type": PROBLEM_TYPES[task],
+    }
+
+
+def build_metrics(task: str, num_labels: int) -> torchmetrics.MetricCollection:
+    """Validation/test metrics per task: accuracy and macro-F1; micro/macro-F1; MSE, Pearson, Spearman."""
+    tm = torchmetrics
+    if task == "single_label":
+        metrics = {
+            "accuracy": tm.classification.MulticlassAccuracy(num_classes=num_labels, average="micro"),
+            "f1_macro": tm.classification.MulticlassF1Score(num_classes=num_labels, average="macro"),
+        }
+    elif task == "multi_label":
+        metrics = {
+            "f1_micro": tm.classification.MultilabelF1Score(num_labels=num_labels, average="micro"),
+            "f1_macro": tm.classification.MultilabelF1Score(num_labels=num_labels, average="macro"),
+        }
+    else:
+        metrics = {"mse": tm.MeanSquaredError(), "pearson": tm.PearsonCorrCoef(), "spearman": tm.SpearmanCorrCoef()}
+    return tm.MetricCollection(metrics)
+
+
+def no_decay_parameter_ids(model: nn.Module) -> set[int]:
+    """Biases and normalisation weights, which weight decay should not shrink (found by module type, not by
+    name, so it holds for BERT's ``LayerNorm``, DistilBERT's ``sa_layer_norm`` and others alike)."""
+    ids = set()
+    for module in model.modules():
+        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+        for name, parameter in module.named_parameters(recurse=False):
+            if is_norm or name == "bias":
+                ids.add(id(parameter))
+    return ids
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: float):
+    """LR factor: linear warmup from 0 to 1, then linear decay to 0 at ``total_steps`` (constant if unbounded)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if not math.isfinite(total_steps):
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1.0, total_steps - warmup_steps))
+
+    return factor
+
+
+class SequenceClassifier(pl.LightningModule):
+    """Fine-tunes a BERT-family sequence classifier.
+
+    Labels, task and tokenizer come from the ``ClassificationDataModule`` when training starts, unless given.
+
+    Args:
+        base: Hugging Face model directory to start from (default: the bundled all-MiniLM-L6-v2).
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: share of the optimizer steps spent warming the learning rate up linearly from 0.
+        warmup_steps: number of warmup steps; overrides warmup_ratio when given.
+        task: single_label, multi_label or regression (default: the data module's).
+        labels: label names in output order (default: the data module's).
+    """
+
+    def __init__(
+        self,
+        base: str | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        warmup_steps: int | None = None,
+        task: str | None = None,
+        labels: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if task is not None and task not in TASKS:
+            raise LightbertError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+        if learning_rate <= 0:
+            raise LightbertError(f"learning_rate must be positive, not {learning_rate}", "pass --model.learning_rate 5e-5")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise LightbertError(f"warmup_ratio must be in [0, 1), not {warmup_ratio}", "pass --model.warmup_ratio 0.1")
+        self.base = base
+        self.task = task
+        self.labels = labels
+        self.model: nn.Module | None = None
+        self.tokenizer: Any = None
+        self.data_settings: dict[str, Any] = {}
+        self.training_config: str | None = None  # the resolved YAML config, set by the CLI
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._tokenizer_files: dict[str, Any] | None = None
+
+    # -- building ----------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if self.model is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "encoder", None) is not None:
+            self.task = self.task or datamodule.task
+            self.labels = self.labels or datamodule.label_names
+            self.tokenizer = datamodule.tokenizer
+            self.data_settings = datamodule.settings()
+            if self.task != datamodule.task or (self.task != "regression" and self.labels != datamodule.label_names):
+                raise LightbertError(
+                    f"the model was set up for {self.task} with labels {self.labels}, the data has {datamodule.task} "
+                    f"with labels {datamodule.label_names}",
+                    "leave --model.task and --model.labels unset to take them from the data",
+                )
+        if self.task is None or (self.task != "regression" and not self.labels):
+            raise LightbertError("the model has no task and labels", "train with a ClassificationDataModule, or pass task= and labels=")
+        self.configure_classifier()
+
+    def configure_classifier(self) -> None:
+        """Build the HF model from ``base`` with this task's head, in float32, from local files only."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        base = check_model_dir(self.base or default_base_model())
+        config = AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=False)
+        if getattr(config, "auto_map", None):
+            raise LightbertError(f"{base} asks for remote code (auto_map in config.json)", "use a model whose code ships with transformers")
+        for key, value in label_config(self.task, self.labels).items():
+            setattr(config, key, value)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected for a new head
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                str(base), config=config, dtype=torch.float32, local_files_only=True, trust_remote_code=False
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(base)
+        self._finish_build()
+
+    def _finish_build(self) -> None:
+        assert self.model is not None
+        self._forward_args = set(inspect.signature(self.model.forward).parameters)
+        num_labels = self.model.config.num_labels
+        self.val_metrics = build_metrics(self.task, num_labels).clone(prefix="val_")
+        self.test_metrics = build_metrics(self.task, num_labels).clone(prefix="test_")
+        self.model.train()  # from_pretrained returns eval mode; training needs dropout (see on_train_start)
+
+    # -- steps -------------------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        # Only the inputs this architecture takes: DistilBERT and RoBERTa have no token_type_ids.
+        return self.model(**{k: v for k, v in batch.items() if k in self._forward_args})
+
+    def on_train_start(self) -> None:
+        # Lightning >= 2.2 does not call .train() on submodules and from_pretrained returns eval mode:
+        # without this, dropout would silently stay off for the whole of training.
+        self.model.train()
+
+    def on_train_epoch_start(self) -> None:
+        self.model.train()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            # The RNG as it was when the checkpoint was taken, right before the next dropout mask is drawn.
+            restore_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], metrics: torchmetrics.MetricCollection, stage: str) -> None:
+        output = self(batch)
+        size = batch["input_ids"].shape[0]
+        self.log(f"{stage}_loss", output.loss, prog_bar=stage == "val", batch_size=size)
+        metrics.update(*self._metric_inputs(output.logits, batch["labels"]))
+        self.log_dict(metrics, batch_size=size)
+
+    def _metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.task == "regression":
+            return logits.squeeze(-1), labels
+        if self.task == "multi_label":
+            return torch.sigmoid(logits), labels.long()
+        return logits, labels
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"index": batch["index"], "logits": self(batch).logits}
+
+    # -- optimisation --------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        no_decay = no_decay_parameter_ids(self.model)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate)
+        total = float(self.trainer.estimated_stepping_batches)
+        warmup = self.hparams.warmup_steps
+        if warmup is None:
+            warmup = int(self.hparams.warmup_ratio * total) if math.isfinite(total) else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._tokenizer_files is None:
+            from lightbert.checkpoint import tokenizer_files
+
+            self._tokenizer_files = tokenizer_files(self.tokenizer)
+        checkpoint["lightbert"] = build_section(
+            hf_config=self.model.config,
+            tokenizer_files=self._tokenizer_files,
+            task=self.task,
+            labels=self.labels,
+            data_settings=self.data_settings,
+            training_config=self.training_config,
+            rng=capture_rng_state(),
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        section = checkpoint.get("lightbert") or {}
+        self._rng_to_restore = section.get("rng")
