@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightbert.errors import LightbertError
 
@@ -31,13 +32,15 @@ def versions() -> dict[str, str]:
 
     from lightbert import __version__
 
-    return {"lightbert": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "lightning": lightning.__version__}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"lightbert": str(__version__), "torch": str(torch.__version__),
+            "transformers": str(transformers.__version__), "lightning": str(lightning.__version__)}
 
 
 def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
     """Raise if ``value`` holds anything but tensors, str, int, float, bool, None, lists, tuples and dicts."""
-    if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
+    # Exact types: a str subclass (like torch's TorchVersion) is pickled as its class and refused on load.
+    if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
@@ -45,7 +48,7 @@ def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, (str, int)):
+            if type(key) not in (str, int):
                 raise TypeError(f"{where} has a key of type {type(key).__name__}")
             check_weights_only_safe(item, f"{where}[{key!r}]")
         return
@@ -173,3 +176,44 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict):
         raise LightbertError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})", "use a .ckpt written by lightbert or Lightning")
     return checkpoint
+
+
+# -- the checkpoint callback -------------------------------------------------------------------------------------------
+
+
+
+class Checkpointing(ModelCheckpoint):
+    """``ModelCheckpoint`` (best by ``val_loss`` and ``last.ckpt`` at each validation) that can also refresh
+    ``last.ckpt`` every ``last_every_n_steps`` optimizer steps, so a crash loses at most that many steps.
+
+    Lightning's own ``every_n_train_steps`` excludes ``every_n_epochs``; this keeps both: the best checkpoint is
+    chosen at validations, and the step-wise last checkpoint resumes exactly (mid-epoch included).
+
+    Args:
+        last_every_n_steps: refresh last.ckpt every N optimizer steps (default: only at validations).
+    """
+
+    def __init__(self, *args: Any, last_every_n_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_steps is not None and last_every_n_steps < 1:
+            raise LightbertError(f"last_every_n_steps must be at least 1, not {last_every_n_steps}", "pass --checkpoint.last_every_n_steps 100")
+        self.last_every_n_steps = last_every_n_steps
+        self._last_step_refreshed = -1
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        if (
+            self.last_every_n_steps
+            and self.save_last
+            and step > 0
+            and step % self.last_every_n_steps == 0
+            and step != self._last_step_refreshed
+            and not trainer.fast_dev_run
+            and not trainer.sanity_checking
+        ):
+            self._last_step_refreshed = step
+            saved_step = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            # A step save must not stop the validation at this same step from saving the best checkpoint.
+            self._last_global_step_saved = saved_step

@@ -39,10 +39,9 @@ def default_loggers(root_dir: str | Path) -> list[Any]:
 
 
 def _make_cli_class():
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    from lightbert.checkpoint import read_checkpoint
+    from lightbert.checkpoint import Checkpointing, read_checkpoint
     from lightbert.data import ClassificationDataModule
     from lightbert.model import SequenceClassifier
 
@@ -59,13 +58,12 @@ def _make_cli_class():
             )
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(Checkpointing, "checkpoint")
             parser.set_defaults({
                 "checkpoint.monitor": "val_loss",
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
-                "checkpoint.every_n_epochs": 1,
                 "checkpoint.filename": "best-epoch={epoch}-step={step}-val_loss={val_loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             })

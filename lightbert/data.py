@@ -51,9 +51,14 @@ def table_format(path: str | Path) -> str:
     return TABLE_SUFFIXES[suffix]
 
 
-def _looks_like_header(cells: Sequence[str]) -> bool:
-    # A header row is short identifiers, all different: 'sentence', 'label'. A data row has prose or numbers.
+def _identifiers(cells: Sequence[str]) -> bool:
     return len(set(cells)) == len(cells) and all(_HEADER_CELL.match(c) for c in cells)
+
+
+def _looks_like_header(rows: list[list[str]]) -> bool:
+    # A header row is short identifiers, all different ('sentence', 'label'), followed by rows that are not
+    # (prose, numbers). If every row looks like identifiers, the first one is data like the rest.
+    return bool(rows) and _identifiers(rows[0]) and any(not _identifiers(row) for row in rows[1:])
 
 
 def read_table(path: str | Path, header: bool | None = None) -> pd.DataFrame:
@@ -74,8 +79,8 @@ def read_table(path: str | Path, header: bool | None = None) -> pd.DataFrame:
             if fmt == "tsv":
                 options["quoting"] = csv.QUOTE_NONE
             if header is None:
-                first = pd.read_csv(path, header=None, nrows=1, **options)
-                header = len(first) > 0 and _looks_like_header([str(c) for c in first.iloc[0]])
+                first = pd.read_csv(path, header=None, nrows=20, **options)
+                header = _looks_like_header([[str(c) for c in row] for row in first.itertuples(index=False)])
             table = pd.read_csv(path, header=0 if header else None, **options)
         elif fmt == "jsonl":
             table = pd.read_json(path, lines=True, dtype=False)

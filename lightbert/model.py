@@ -176,6 +176,8 @@ class SequenceClassifier(pl.LightningModule):
     def _finish_build(self) -> None:
         assert self.model is not None
         self._forward_args = set(inspect.signature(self.model.forward).parameters)
+        if getattr(self.model.config, "type_vocab_size", 2) <= 1:
+            self._forward_args.discard("token_type_ids")  # one segment type (RoBERTa): a pair's 1s would not index
         num_labels = self.model.config.num_labels
         self.val_metrics = build_metrics(self.task, num_labels).clone(prefix="val_")
         self.test_metrics = build_metrics(self.task, num_labels).clone(prefix="test_")

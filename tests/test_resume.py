@@ -1,0 +1,122 @@
+"""Exact resume: an interrupted and resumed run ends where the uninterrupted one does, with dropout on."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import quiet_trainer
+
+from lightbert.checkpoint import Checkpointing
+from lightbert.data import ClassificationDataModule
+from lightbert.model import SequenceClassifier
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Recorder(pl.Callback):
+    """Records, per optimizer step, the learning rate and the sample indices trained on; can interrupt the run."""
+
+    def __init__(self, stop_before_step: int | None = None):
+        self.lrs: list[float] = []
+        self.samples: list[list[int]] = []
+        self.stop_before_step = stop_before_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        # Checkpoint callbacks run last in each hook, so the step-k checkpoint exists when step k+1 starts.
+        if self.stop_before_step is not None and trainer.global_step == self.stop_before_step:
+            raise Interrupted
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.samples.append(batch["index"].tolist())
+
+
+def run(base, files, ckpt_dir, recorder, ckpt_path=None, last_every_n_steps=None):
+    pl.seed_everything(123, verbose=False)
+    train, val = files
+    dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(base), batch_size=4)
+    model = SequenceClassifier(base=str(base), learning_rate=2e-3, warmup_steps=3)
+    checkpoint = Checkpointing(dirpath=str(ckpt_dir), monitor="val_loss", save_last=True, save_top_k=1,
+                               last_every_n_steps=last_every_n_steps)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[recorder, checkpoint], enable_checkpointing=True,
+                            num_sanity_val_steps=2)
+    try:
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+    except Interrupted:
+        pass
+    return model, trainer
+
+
+def max_param_difference(a: SequenceClassifier, b: SequenceClassifier) -> float:
+    return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.fixture
+def uninterrupted(tiny_bert, sentiment_files, tmp_path):
+    recorder = Recorder()
+    model, trainer = run(tiny_bert, sentiment_files, tmp_path / "straight", recorder)
+    assert trainer.global_step == 20  # 40 rows, batch 4, 2 epochs
+    return model, recorder
+
+
+def test_resume_after_an_epoch_matches_the_uninterrupted_run(tiny_bert, sentiment_files, tmp_path, uninterrupted):
+    straight_model, straight = uninterrupted
+    first = Recorder(stop_before_step=10)  # the first step of epoch 1: epoch 0 and its checkpoint are done
+    run(tiny_bert, sentiment_files, tmp_path / "a", first)
+    assert len(first.lrs) == 10
+    assert torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["global_step"] == 10
+    second = Recorder()
+    resumed_model, trainer = run(tiny_bert, sentiment_files, tmp_path / "b", second, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
+    assert trainer.global_step == 20
+    assert first.lrs + second.lrs == straight.lrs
+    assert first.samples + second.samples == straight.samples
+    assert max_param_difference(resumed_model, straight_model) <= 1e-6
+
+
+def test_resume_mid_epoch_sees_the_same_samples_and_ends_with_the_same_weights(tiny_bert, sentiment_files, tmp_path, uninterrupted):
+    straight_model, straight = uninterrupted
+    first = Recorder(stop_before_step=7)  # 7 of the epoch's 10 batches done; last.ckpt refreshed at step 7
+    run(tiny_bert, sentiment_files, tmp_path / "a", first, last_every_n_steps=7)
+    assert torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["global_step"] == 7
+    second = Recorder()
+    resumed_model, trainer = run(tiny_bert, sentiment_files, tmp_path / "b", second, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
+    assert second.samples == straight.samples[7:]  # no repeats, no skips
+    assert first.lrs + second.lrs == straight.lrs
+    assert trainer.global_step == 20
+    assert max_param_difference(resumed_model, straight_model) <= 1e-6
+
+
+def test_resume_restores_optimizer_scheduler_and_counters(tiny_bert, sentiment_files, tmp_path):
+    run(tiny_bert, sentiment_files, tmp_path / "a", Recorder(stop_before_step=10))
+    saved = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
+    seen = {}
+
+    class AtStart(pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen["step"] = trainer.global_step
+            seen["epoch"] = trainer.current_epoch
+            # copies: training goes on after this hook and updates the optimizer state in place
+            seen["optimizer"] = copy.deepcopy(trainer.optimizers[0].state_dict())
+            seen["scheduler"] = copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict())
+
+    pl.seed_everything(123, verbose=False)
+    train, val = sentiment_files
+    dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(tiny_bert), batch_size=4)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[AtStart()], limit_train_batches=1)
+    trainer.fit(SequenceClassifier(base=str(tiny_bert)), dm, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
+    assert seen["step"] == saved["global_step"] == 10 and seen["epoch"] == 1
+    assert seen["scheduler"]["last_epoch"] == saved["lr_schedulers"][0]["last_epoch"] == 10
+    for index, state in saved["optimizer_states"][0]["state"].items():
+        assert torch.equal(seen["optimizer"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"])
+        assert torch.equal(seen["optimizer"]["state"][index]["step"], state["step"])
+
+
+def test_resuming_a_finished_run_trains_nothing(tiny_bert, sentiment_files, tmp_path, uninterrupted):
+    straight_model, _ = uninterrupted
+    recorder = Recorder()
+    model, trainer = run(tiny_bert, sentiment_files, tmp_path / "again", recorder, ckpt_path=str(tmp_path / "straight" / "last.ckpt"))
+    assert recorder.lrs == [] and trainer.global_step == 20
+    assert max_param_difference(model, straight_model) == 0.0
