@@ -178,6 +178,39 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+
+def lightbert_section(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``"lightbert"`` section of a checkpoint, checked for a version this release can read."""
+    section = checkpoint.get(SECTION)
+    if not isinstance(section, dict) or "hf_config" not in section:
+        raise LightbertError(f"{path} is not a lightbert checkpoint (it has no model config or tokenizer)", "give a .ckpt written by lightbert fit")
+    version = section.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise LightbertError(f"{path} has checkpoint format {version!r}; this lightbert reads up to {FORMAT_VERSION}", "upgrade lightbert")
+    return section
+
+
+def classifier_from_checkpoint(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The HF classifier (eval mode, float32), its tokenizer and the lightbert section, from a lightbert ``.ckpt``
+    alone: no base-model directory and no network."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    checkpoint = read_checkpoint(path)
+    section = lightbert_section(checkpoint, path)
+    config_data = dict(section["hf_config"])
+    config = AutoConfig.for_model(config_data.pop("model_type"), **config_data)
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise LightbertError(
+            f"{path} does not match its own config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+            "the file is corrupt; use another checkpoint",
+        )
+    model.eval()
+    return model, tokenizer_from_files(section["tokenizer_files"]), section
+
 # -- the checkpoint callback -------------------------------------------------------------------------------------------
 
 

@@ -7,8 +7,10 @@ and one line on stderr: ``error: <what is wrong> (<what to do>)``.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,25 @@ def default_loggers(root_dir: str | Path) -> list[Any]:
     return loggers
 
 
+class _DropAdvertising(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 def _make_cli_class():
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from lightbert.checkpoint import Checkpointing, read_checkpoint
     from lightbert.data import ClassificationDataModule
     from lightbert.model import SequenceClassifier
+
+    class OneLineErrorParser(LightningArgumentParser):
+        """Parse errors become ``error: ... (...)`` on one line, like every other user error."""
+
+        def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+            text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+            command = self.prog.split()[-1] if self.prog else "fit"
+            raise LightbertError(text, f"run 'lightbert {command} --help' for the options")
 
     class LightbertCLI(LightningCLI):
         def __init__(self, args: list[str]) -> None:
@@ -55,6 +70,7 @@ def _make_cli_class():
                 trainer_defaults={"max_epochs": 2, "default_root_dir": "runs"},
                 parser_kwargs={"description": "lightbert: fine-tune BERT-family sequence classifiers."},
                 auto_configure_optimizers=False,
+                parser_class=OneLineErrorParser,
             )
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -133,6 +149,9 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
 
 def run_lightning(args: list[str]) -> None:
     """Run ``lightbert fit|validate|test`` with LightningCLI."""
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
     _make_cli_class()(args)
 
 

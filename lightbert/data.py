@@ -547,6 +547,11 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
         if not 0.0 < val_fraction < 1.0 and validation is None:
             raise LightbertError(f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1")
+        for path in (train, validation, test):
+            if path is not None:  # fail before any run directory or model exists
+                table_format(path)
+                if not Path(path).is_file():
+                    raise LightbertError(f"data file not found: {path}", "check the path")
         self.train_path, self.validation_path, self.test_path = train, validation, test
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.task = task

@@ -1,0 +1,128 @@
+"""Checkpoints are self-contained (config, labels, tokenizer, data settings, training config) and safe
+(only what torch.load(weights_only=True) accepts)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_base_model, sentiment_rows, write_csv, write_jsonl
+
+from lightbert.checkpoint import check_weights_only_safe, classifier_from_checkpoint, read_checkpoint
+from lightbert.cli import main
+from lightbert.errors import LightbertError
+
+
+def fit_cli(base: Path, train: Path, val: Path, root: Path, *extra: str) -> Path:
+    """Run `lightbert fit` in-process; returns the run directory."""
+    code = main(["fit", f"--model.base={base}", f"--data.train={train}", f"--data.validation={val}",
+                 f"--trainer.default_root_dir={root}", "--trainer.max_epochs=2", "--data.batch_size=8",
+                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra])
+    assert code == 0
+    runs = sorted(root.glob("version_*"))
+    return runs[-1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_bert):
+    tmp = tmp_path_factory.mktemp("trained")
+    train = write_csv(tmp / "train.csv", ["text", "label"], [(t, "pos" if l == "1" else "neg") for t, l in sentiment_rows(40)])
+    val = write_csv(tmp / "val.csv", ["text", "label"], [(t, "pos" if l == "1" else "neg") for t, l in sentiment_rows(8, 5)])
+    return fit_cli(tiny_bert, train, val, tmp / "runs", "--checkpoint.last_every_n_steps=3")
+
+
+def test_every_checkpoint_written_loads_with_weights_only(trained_run):
+    checkpoints = sorted((trained_run / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in checkpoints} >= {"last.ckpt"} and any(p.name.startswith("best-") for p in checkpoints)
+    for path in checkpoints:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        assert {"state_dict", "optimizer_states", "lr_schedulers", "loops", "lightbert"} <= set(checkpoint)
+
+
+@pytest.mark.parametrize("task", ["multi_label", "regression"])
+def test_checkpoints_of_other_tasks_load_with_weights_only(task, tmp_path, tiny_distilbert):
+    if task == "multi_label":
+        path = write_jsonl(tmp_path / "d.jsonl", [{"text": t, "label": ["a", "b"] if l == "1" else ["b"]} for t, l in sentiment_rows(16)])
+    else:
+        path = write_csv(tmp_path / "d.csv", ["text", "score"], [(t, f"{int(l) + 0.5}") for t, l in sentiment_rows(16)])
+    run = fit_cli(tiny_distilbert, path, path, tmp_path / "runs")
+    for ckpt in (run / "checkpoints").glob("*.ckpt"):
+        assert torch.load(ckpt, weights_only=True)["lightbert"]["task"] == task
+
+
+def test_checkpoint_carries_config_labels_tokenizer_and_settings(trained_run):
+    section = read_checkpoint(trained_run / "checkpoints" / "last.ckpt")["lightbert"]
+    assert section["hf_config"]["id2label"] == {"0": "neg", "1": "pos"}
+    assert section["hf_config"]["problem_type"] == "single_label_classification"
+    assert section["labels"] == ["neg", "pos"] and section["task"] == "single_label"
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(section["tokenizer_files"])
+    assert section["data"]["max_length"] == 64 and section["data"]["text_column"] is None
+    assert "max_epochs: 2" in section["training_config"] and "batch_size: 8" in section["training_config"]
+    assert set(section["versions"]) == {"lightbert", "torch", "transformers", "lightning"}
+    assert set(section["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_checkpoint_loads_in_a_fresh_process_without_the_base_model(tmp_path, sentiment_files):
+    base = make_base_model(tmp_path / "base-to-delete", "bert")
+    run = fit_cli(base, *sentiment_files, tmp_path / "runs")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    model, tokenizer, _ = classifier_from_checkpoint(ckpt)
+    with torch.inference_mode():
+        expected = model(**tokenizer(["a good film", "bad"], padding=True, return_tensors="pt")).logits
+    torch.save(expected, tmp_path / "expected.pt")
+    shutil.rmtree(base)
+    script = textwrap.dedent(f"""
+        import socket, torch
+        def no_network(*args, **kwargs):
+            raise OSError("network disabled in this test")
+        socket.socket.connect = no_network
+        socket.create_connection = no_network
+        from lightbert.checkpoint import classifier_from_checkpoint
+        model, tokenizer, section = classifier_from_checkpoint({str(ckpt)!r})
+        with torch.inference_mode():
+            logits = model(**tokenizer(["a good film", "bad"], padding=True, return_tensors="pt")).logits
+        assert torch.equal(logits, torch.load({str(tmp_path / 'expected.pt')!r})), logits
+        assert model.config.id2label == {{0: "0", 1: "1"}}
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_the_safety_check_refuses_objects_that_weights_only_loading_refuses():
+    check_weights_only_safe({"a": [1, 2.0, "x", None, True, torch.zeros(2)]})
+    with pytest.raises(TypeError, match="pathlib"):
+        check_weights_only_safe({"path": Path("/tmp")})
+    with pytest.raises(TypeError, match="TorchVersion"):
+        check_weights_only_safe({"v": torch.__version__})
+
+
+def test_reading_a_non_checkpoint_is_a_clear_error(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello")
+    with pytest.raises(LightbertError, match="not a readable checkpoint"):
+        read_checkpoint(text)
+    with pytest.raises(LightbertError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+    with pytest.raises(LightbertError, match="not URLs"):
+        read_checkpoint("https://example.com/model.ckpt")
+
+
+def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):
+    sentinel = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(LightbertError, match="could run code"):
+        read_checkpoint(path)
+    assert not sentinel.exists()
