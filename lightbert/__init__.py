@@ -25,6 +25,8 @@ _check_lightning()
 
 from lightbert.data import ClassificationDataModule  # noqa: E402
 from lightbert.errors import LightbertError  # noqa: E402
+from lightbert.load import load  # noqa: E402
 from lightbert.model import SequenceClassifier  # noqa: E402
+from lightbert.predict import Classifier  # noqa: E402
 
-__all__ = ["ClassificationDataModule", "LightbertError", "SequenceClassifier", "__version__"]
+__all__ = ["Classifier", "ClassificationDataModule", "LightbertError", "SequenceClassifier", "__version__", "load"]

@@ -142,6 +142,7 @@ def build_section(
     data_settings: dict[str, Any],
     training_config: str | None,
     rng: dict[str, Any] | None,
+    metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     section = {
         "format_version": FORMAT_VERSION,
@@ -153,6 +154,7 @@ def build_section(
         "training_config": training_config,
         "versions": versions(),
         "rng": rng,
+        "metrics": dict(metrics or {}),
     }
     check_weights_only_safe(section, "checkpoint['lightbert']")
     return section
@@ -189,27 +191,6 @@ def lightbert_section(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
         raise LightbertError(f"{path} has checkpoint format {version!r}; this lightbert reads up to {FORMAT_VERSION}", "upgrade lightbert")
     return section
 
-
-def classifier_from_checkpoint(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
-    """The HF classifier (eval mode, float32), its tokenizer and the lightbert section, from a lightbert ``.ckpt``
-    alone: no base-model directory and no network."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    checkpoint = read_checkpoint(path)
-    section = lightbert_section(checkpoint, path)
-    config_data = dict(section["hf_config"])
-    config = AutoConfig.for_model(config_data.pop("model_type"), **config_data)
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    prefix = "model."
-    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise LightbertError(
-            f"{path} does not match its own config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
-            "the file is corrupt; use another checkpoint",
-        )
-    model.eval()
-    return model, tokenizer_from_files(section["tokenizer_files"]), section
 
 # -- the checkpoint callback -------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ and one line on stderr: ``error: <what is wrong> (<what to do>)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -17,13 +18,95 @@ from typing import Any
 from lightbert.errors import LightbertError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
-USAGE = """usage: lightbert {fit,validate,test} [options]
+COMMANDS = (*LIGHTNING_SUBCOMMANDS, "predict", "export", "inspect")
+USAGE = """usage: lightbert {fit,validate,test,predict,export,inspect} [options]
 
   fit        fine-tune a classifier (no options: the bundled MiniLM on a bundled SST-2 sample)
   validate   evaluate a checkpoint on the validation data (--ckpt_path)
   test       evaluate a checkpoint on --data.test (--ckpt_path)
+  predict    label texts with a checkpoint or a Hugging Face model directory
+  export     write a checkpoint as a Hugging Face directory that transformers.pipeline loads
+  inspect    say what a checkpoint or model directory is and holds
 
-'lightbert SUBCOMMAND --help' lists the options of each."""
+'lightbert COMMAND --help' lists the options of each."""
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _parser(command: str, description: str):
+    """A jsonargparse parser whose errors are one line, like every other user error."""
+    from jsonargparse import ArgumentParser
+
+    class Parser(ArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+            raise LightbertError(_one_line(message), f"run 'lightbert {command} --help' for the options")
+
+    return Parser(prog=f"lightbert {command}", description=description, env_prefix="LIGHTBERT", default_env=False)
+
+
+def run_predict(args: list[str]) -> None:
+    from lightbert.load import load
+    from lightbert.predict import read_texts, to_jsonl, write_atomically
+
+    parser = _parser("predict", "Label texts with a fine-tuned classifier. Output: JSON Lines, one object per text, in input order.")
+    parser.add_argument("model", help="a lightbert .ckpt, a Hugging Face model directory, or a Lightning checkpoint (with --base)")
+    parser.add_argument("texts", nargs="*", default=[], help="texts to label (or use --input)")
+    parser.add_argument("--input", type=str | None, default=None, help="file of texts: .txt (one per line), .csv, .tsv, .jsonl or .parquet")
+    parser.add_argument("--output", type=str | None, default=None, help="write JSON Lines here instead of stdout")
+    parser.add_argument("--text_column", type=int | str | None, default=None, help="column with the text (default: text/sentence/..., else the first)")
+    parser.add_argument("--text_pair_column", type=int | str | None, default=None, help="column with the second text, for models trained on pairs")
+    parser.add_argument("--base", type=str | None, default=None, help="HF directory with the config and tokenizer, for a Lightning checkpoint from the common recipe")
+    parser.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
+    parser.add_argument("--threshold", type=float, default=0.5, help="multi-label: probability from which a label is predicted")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
+    config = parser.parse_args(args)
+    if bool(config.texts) == bool(config.input):
+        raise LightbertError("give texts as arguments or --input FILE (one of the two)", "e.g. lightbert predict MODEL \"a great film\"")
+    if config.output and Path(config.output).exists() and not config.overwrite:
+        raise LightbertError(f"output file exists: {config.output}", "choose another path or pass --overwrite")
+    classifier = load(config.model, config.base)
+    if config.input:
+        texts, pairs = read_texts(config.input, config.text_column, config.text_pair_column, pairs=classifier.trained_on_pairs)
+    else:
+        texts, pairs = list(config.texts), None
+        if classifier.trained_on_pairs:
+            raise LightbertError("this model was trained on text pairs", "give --input FILE with --text_pair_column")
+    records = classifier.predict(texts, pairs, batch_size=config.batch_size, threshold=config.threshold)
+    if classifier.last_truncated:
+        print(f"note: {classifier.last_truncated} of {len(texts)} texts were longer than {classifier.max_length} tokens and were truncated", file=sys.stderr)
+    if config.output:
+        write_atomically(config.output, to_jsonl(records), overwrite=config.overwrite)
+        print(f"wrote {len(records)} predictions to {config.output}", file=sys.stderr)
+    else:
+        sys.stdout.writelines(to_jsonl(records))
+
+
+def run_export(args: list[str]) -> None:
+    from lightbert.export import export
+
+    parser = _parser("export", "Write a checkpoint as a Hugging Face directory (model.safetensors, config.json with labels, tokenizer, model card), verified by reloading it with transformers.")
+    parser.add_argument("checkpoint", help="a lightbert .ckpt, a Lightning checkpoint (with --base) or a Hugging Face directory")
+    parser.add_argument("out_dir", help="the directory to write (must be empty or absent unless --overwrite)")
+    parser.add_argument("--base", type=str | None, default=None, help="HF directory with the config and tokenizer, for a Lightning checkpoint from the common recipe")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace a non-empty out_dir (only after the new export is verified)")
+    config = parser.parse_args(args)
+    result = export(config.checkpoint, config.out_dir, base=config.base, overwrite=config.overwrite)
+    labels = ", ".join(result["labels"]) if result["labels"] else "regression"
+    print(f"exported to {result['directory']}: {', '.join(result['files'])}")
+    print(f"labels: {labels}; verified: max logit difference {result['max_logit_difference']:.1e} after reloading with transformers")
+
+
+def run_inspect(args: list[str]) -> None:
+    from lightbert.describe import describe, format_description
+
+    parser = _parser("inspect", "Say what a checkpoint or model directory is and holds, without running anything from it.")
+    parser.add_argument("path", help="a .ckpt file or a Hugging Face model directory")
+    parser.add_argument("--json", type=bool, default=False, help="print JSON instead of text")
+    config = parser.parse_args(args)
+    info = describe(config.path)
+    print(json.dumps(info, indent=2, default=str) if config.json else format_description(info))
 
 
 def default_loggers(root_dir: str | Path) -> list[Any]:
@@ -56,9 +139,8 @@ def _make_cli_class():
         """Parse errors become ``error: ... (...)`` on one line, like every other user error."""
 
         def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-            text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
             command = self.prog.split()[-1] if self.prog else "fit"
-            raise LightbertError(text, f"run 'lightbert {command} --help' for the options")
+            raise LightbertError(_one_line(message), f"run 'lightbert {command} --help' for the options")
 
     class LightbertCLI(LightningCLI):
         def __init__(self, args: list[str]) -> None:
@@ -164,8 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         command = argv[0]
         if command in LIGHTNING_SUBCOMMANDS:
             run_lightning(argv)
-            return 0
-        raise LightbertError(f"unknown command {command!r}", "use one of: " + ", ".join(LIGHTNING_SUBCOMMANDS))
+        elif command == "predict":
+            run_predict(argv[1:])
+        elif command == "export":
+            run_export(argv[1:])
+        elif command == "inspect":
+            run_inspect(argv[1:])
+        else:
+            raise LightbertError(f"unknown command {command!r}", "use one of: " + ", ".join(COMMANDS))
+        return 0
     except LightbertError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

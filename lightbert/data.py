@@ -135,6 +135,7 @@ def select_columns(
     text_pair_column: Column = None,
     label_column: Column = None,
     require_label: bool = True,
+    detect_pair: bool = True,
 ) -> tuple[list[str], list[str] | None, list[Any] | None]:
     """Texts, optional second texts and labels from a table.
 
@@ -145,7 +146,7 @@ def select_columns(
     if text_pair_column is not None:
         pair_key = resolve_column(table, text_pair_column, "text_pair", path)
     else:
-        pair_key = _default_column(table, PAIR_NAMES, None)
+        pair_key = _default_column(table, PAIR_NAMES, None) if detect_pair else None
     label_key = None
     if label_column is not None:
         label_key = resolve_column(table, label_column, "label", path)
@@ -568,6 +569,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.tokenizer_path = tokenizer
         self.has_pairs = text_pair_column is not None
         self.tokenizer: Any = None
+        self.base_config: Any = None
         self.encoder: LabelEncoder | None = None
         self.datasets: dict[str, TokenizedDataset] = {}
         self.train_sampler: LengthGroupedSampler | None = None
@@ -601,8 +603,8 @@ class ClassificationDataModule(pl.LightningDataModule):
 
         path = check_model_dir(self.tokenizer_path or default_base_model())
         self.tokenizer = load_tokenizer(path)
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, config)
+        self.base_config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
 
     def _dataset(self, texts: list[str], pairs: list[str] | None, labels: list[Any] | None, source: str) -> TokenizedDataset:
         assert self.encoder is not None
@@ -630,6 +632,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             if (val_split[1] is not None) != self.has_pairs:
                 raise LightbertError(f"{self.validation_path} and {self.train_path} differ in having a second text column", "use the same columns")
         self.encoder = LabelEncoder.fit(labels, self.task, self.label_names, self.label_delimiter, source=str(self.train_path))
+        if self.label_names is None and self.encoder.names is not None:
+            # Continuing from a fine-tuned classifier with the same labels: keep its label order, and so its head.
+            from lightbert.model import head_labels
+
+            base_names = head_labels(self.base_config)
+            if base_names is not None and set(base_names) == set(self.encoder.names):
+                self.encoder.names = base_names
         self.task, self.label_names = self.encoder.task, self.encoder.names
         self.datasets["train"] = self._dataset(texts, pairs, labels, str(self.train_path))
         self.datasets["validation"] = self._dataset(*val_split, source=str(self.validation_path or self.train_path))

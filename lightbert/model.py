@@ -8,8 +8,10 @@ and every checkpoint carries the config, tokenizer, labels and RNG state needed 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,6 +41,32 @@ def label_config(task: str, labels: list[str] | None) -> dict[str, Any]:
         "label2id": {name: i for i, name in id2label.items()},
         "problem_type": PROBLEM_TYPES[task],
     }
+
+
+def head_labels(config: Any) -> list[str] | None:
+    """The label names of a base that already is a fine-tuned sequence classifier, else None. Generic names
+    (``LABEL_0``...) are read as the integer labels ``0``, ``1``..., which is how lightbert names those."""
+    if not any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])):
+        return None
+    if config.problem_type == "regression" or config.num_labels == 1:
+        return ["score"]
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return [n[len("LABEL_"):] if n == f"LABEL_{i}" else n for i, n in enumerate(names)]
+
+
+def label_dependent_keys(config: Any) -> list[str]:
+    """The head parameters whose first dimension is the number of labels (found by building the architecture
+    twice on the meta device with different label counts), e.g. ``classifier.weight``, ``classifier.bias``."""
+    from transformers import AutoModelForSequenceClassification
+
+    shapes = []
+    for n in (2, 3):
+        trial = copy.deepcopy(config)
+        trial.num_labels = n  # the setter makes id2label/label2id fit
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(trial)
+        shapes.append({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    return [k for k in shapes[0] if shapes[0][k] != shapes[1][k]]
 
 
 def build_metrics(task: str, num_labels: int) -> torchmetrics.MetricCollection:
@@ -97,6 +125,8 @@ class SequenceClassifier(pl.LightningModule):
         warmup_steps: number of warmup steps; overrides warmup_ratio when given.
         task: single_label, multi_label or regression (default: the data module's).
         labels: label names in output order (default: the data module's).
+        new_head: when ``base`` is already a fine-tuned classifier for other labels, start a new head (its
+            label-dependent weights re-initialised) instead of stopping with an error.
     """
 
     def __init__(
@@ -108,6 +138,7 @@ class SequenceClassifier(pl.LightningModule):
         warmup_steps: int | None = None,
         task: str | None = None,
         labels: list[str] | None = None,
+        new_head: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -149,7 +180,12 @@ class SequenceClassifier(pl.LightningModule):
         self.configure_classifier()
 
     def configure_classifier(self) -> None:
-        """Build the HF model from ``base`` with this task's head, in float32, from local files only."""
+        """Build the HF model from ``base`` with this task's head, in float32, from local files only.
+
+        A base that is already a fine-tuned classifier keeps its head when the data has the same labels (rows are
+        reordered if the label order differs); other labels need ``new_head=True``, which re-initialises the
+        label-dependent head weights and says which.
+        """
         from transformers import AutoConfig, AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
@@ -157,6 +193,15 @@ class SequenceClassifier(pl.LightningModule):
         config = AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=False)
         if getattr(config, "auto_map", None):
             raise LightbertError(f"{base} asks for remote code (auto_map in config.json)", "use a model whose code ships with transformers")
+        base_head = head_labels(config)
+        wanted = self.labels if self.task != "regression" else ["score"]
+        keep_head = base_head is not None and set(base_head) == set(wanted) and PROBLEM_TYPES[self.task] == (config.problem_type or PROBLEM_TYPES[self.task])
+        if base_head is not None and not keep_head and not self.hparams.new_head:
+            raise LightbertError(
+                f"{base} was fine-tuned for {config.problem_type or 'labels'} [{', '.join(base_head)}], "
+                f"the data has {self.task} [{', '.join(wanted)}]",
+                "pass --model.new_head true to start a new classification head",
+            )
         for key, value in label_config(self.task, self.labels).items():
             setattr(config, key, value)
         verbosity = hf_logging.get_verbosity()
@@ -164,11 +209,25 @@ class SequenceClassifier(pl.LightningModule):
         hf_logging.disable_progress_bar()
         try:
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                str(base), config=config, dtype=torch.float32, local_files_only=True, trust_remote_code=False
+                str(base), config=config, dtype=torch.float32, local_files_only=True, trust_remote_code=False,
+                ignore_mismatched_sizes=base_head is not None and not keep_head,
             )
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
+        if base_head is not None:
+            keys = label_dependent_keys(config)
+            parameters = dict(self.model.named_parameters())
+            with torch.no_grad():
+                if keep_head and base_head != wanted:
+                    order = torch.tensor([base_head.index(name) for name in wanted])
+                    for key in keys:
+                        parameters[key].copy_(parameters[key][order])
+                elif not keep_head:
+                    for key in keys:
+                        module = self.model.get_submodule(key.rsplit(".", 1)[0])
+                        self.model._init_weights(module)
+                    print(f"new classification head: re-initialised {', '.join(keys)}", file=sys.stderr)
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(base)
         self._finish_build()
@@ -263,7 +322,20 @@ class SequenceClassifier(pl.LightningModule):
             data_settings=self.data_settings,
             training_config=self.training_config,
             rng=capture_rng_state(),
+            metrics=self._validation_metrics(),
         )
+
+    def _validation_metrics(self) -> dict[str, float]:
+        """The latest validation metrics, for model cards and ``lightbert inspect``."""
+        if self._trainer is None:
+            return {}
+        metrics = {}
+        for name, value in self.trainer.callback_metrics.items():
+            if name.startswith("val_"):
+                number = float(value)
+                if math.isfinite(number):
+                    metrics[name] = number
+        return metrics
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         section = checkpoint.get("lightbert") or {}

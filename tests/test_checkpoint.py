@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import make_base_model, sentiment_rows, write_csv, write_jsonl
 
-from lightbert.checkpoint import check_weights_only_safe, classifier_from_checkpoint, read_checkpoint
+from lightbert import load
+from lightbert.checkpoint import check_weights_only_safe, read_checkpoint
 from lightbert.cli import main
 from lightbert.errors import LightbertError
 
@@ -71,9 +72,7 @@ def test_checkpoint_loads_in_a_fresh_process_without_the_base_model(tmp_path, se
     base = make_base_model(tmp_path / "base-to-delete", "bert")
     run = fit_cli(base, *sentiment_files, tmp_path / "runs")
     ckpt = run / "checkpoints" / "last.ckpt"
-    model, tokenizer, _ = classifier_from_checkpoint(ckpt)
-    with torch.inference_mode():
-        expected = model(**tokenizer(["a good film", "bad"], padding=True, return_tensors="pt")).logits
+    expected = load(ckpt).logits(["a good film", "bad"])
     torch.save(expected, tmp_path / "expected.pt")
     shutil.rmtree(base)
     script = textwrap.dedent(f"""
@@ -82,12 +81,11 @@ def test_checkpoint_loads_in_a_fresh_process_without_the_base_model(tmp_path, se
             raise OSError("network disabled in this test")
         socket.socket.connect = no_network
         socket.create_connection = no_network
-        from lightbert.checkpoint import classifier_from_checkpoint
-        model, tokenizer, section = classifier_from_checkpoint({str(ckpt)!r})
-        with torch.inference_mode():
-            logits = model(**tokenizer(["a good film", "bad"], padding=True, return_tensors="pt")).logits
+        import lightbert
+        classifier = lightbert.load({str(ckpt)!r})
+        logits = classifier.logits(["a good film", "bad"])
         assert torch.equal(logits, torch.load({str(tmp_path / 'expected.pt')!r})), logits
-        assert model.config.id2label == {{0: "0", 1: "1"}}
+        assert classifier.labels == ["0", "1"] and classifier.source == "lightbert"
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})

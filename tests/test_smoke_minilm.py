@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import quiet_trainer
 
-from lightbert.checkpoint import Checkpointing, classifier_from_checkpoint
+from lightbert import load
+from lightbert.checkpoint import Checkpointing
 from lightbert.data import ClassificationDataModule
 from lightbert.model import SequenceClassifier
 
@@ -44,12 +45,13 @@ def test_minilm_fine_tunes_on_sst2_and_its_checkpoint_reproduces_it(tmp_path, sh
     assert trainer.global_step == 4 and model.model.config.model_type == "bert"
     assert model.model.config.id2label == {0: "0", 1: "1"}
     assert "val_accuracy" in trainer.callback_metrics
-    loaded, tokenizer, section = classifier_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
-    inputs = tokenizer(["a gorgeous, witty film", "dull and lifeless"], padding=True, return_tensors="pt")
+    classifier = load(tmp_path / "ckpt" / "last.ckpt")
+    inputs = classifier.tokenizer(["a gorgeous, witty film", "dull and lifeless"], padding=True, return_tensors="pt")
     model.model.eval()
     with torch.inference_mode():
-        assert torch.allclose(loaded(**inputs).logits, model.model(**inputs).logits, atol=1e-6)
-    assert section["labels"] == ["0", "1"]
+        expected = model.model(**inputs).logits
+    assert torch.allclose(classifier.logits(["a gorgeous, witty film", "dull and lifeless"]), expected, atol=1e-5)
+    assert classifier.labels == ["0", "1"]
 
 
 def test_minilm_learns_agnews_string_labels(tmp_path, shared_data):

@@ -1,0 +1,164 @@
+"""Prediction with a loaded classifier: label names, probabilities, deterministic and batch-invariant.
+
+Always eval mode + ``torch.inference_mode()`` (the model's previous mode is restored afterwards), texts sorted by
+length into batches padded to their longest member, results returned in input order. Batching never changes a
+result beyond float rounding (checked against one-by-one prediction in the tests).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightbert.data import PaddingCollator, read_table, select_columns
+from lightbert.errors import LightbertError
+
+
+def task_of(config: Any) -> str:
+    """single_label, multi_label or regression, from an HF config."""
+    if config.problem_type == "multi_label_classification":
+        return "multi_label"
+    if config.problem_type == "regression" or config.num_labels == 1:
+        return "regression"
+    return "single_label"
+
+
+class Classifier:
+    """A fine-tuned sequence classifier ready to predict: an HF model (eval mode), its tokenizer and labels.
+
+    Build one with ``lightbert.load(path)``. ``predict(texts)`` returns one record per text, in order:
+    ``{"label", "score", "probs"}`` (single-label), ``{"labels", "probs"}`` (multi-label) or ``{"score"}``
+    (regression).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, source: str, path: str, info: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.source = source
+        self.path = path
+        self.info = info
+        self.task = task_of(model.config)
+        id2label = model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(model.config.num_labels)] if self.task != "regression" else None
+        self._forward_args = set(inspect.signature(model.forward).parameters)
+        if getattr(model.config, "type_vocab_size", 2) <= 1:
+            self._forward_args.discard("token_type_ids")
+        self._collate = PaddingCollator(tokenizer.pad_token_id or 0, getattr(tokenizer, "padding_side", "right"))
+        self.last_truncated = 0
+
+    @property
+    def trained_on_pairs(self) -> bool:
+        return bool(((self.info.get("section") or {}).get("data") or {}).get("pair"))
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Token ids per text (truncated to max_length) and how many texts were truncated."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise LightbertError(f"text {i + 1} is a {type(text).__name__}, not a string", "pass strings")
+        if pairs is not None and len(pairs) != len(texts):
+            raise LightbertError(f"{len(texts)} texts but {len(pairs)} second texts", "give one second text per text")
+        encoded = self.tokenizer(list(texts), text_pair=list(pairs) if pairs is not None else None, truncation=True,
+                                 max_length=self.max_length, padding=False, return_attention_mask=False)
+        truncated = sum(1 for e in encoded.encodings if e.overflowing) if encoded.encodings else 0
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+        items = [{**{k: encoded[k][i] for k in keys}, "index": i} for i in range(len(texts))]
+        return items, truncated
+
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64) -> torch.Tensor:
+        """Raw model outputs, one row per text, in input order."""
+        if batch_size < 1:
+            raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --batch_size 64")
+        items, self.last_truncated = self.encode(texts, pairs)
+        out = torch.empty(len(items), self.model.config.num_labels)
+        order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]), reverse=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    batch = self._collate([items[i] for i in order[start:start + batch_size]])
+                    inputs = {k: v for k, v in batch.items() if k in self._forward_args}
+                    out[batch["index"]] = self.model(**inputs).logits.float()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def records(self, logits: torch.Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:
+        """Prediction records from logits: label names, scores and probabilities in label-id order."""
+        if self.task == "regression":
+            return [{"score": float(v)} for v in logits[:, 0].tolist()]
+        names = self.labels or []
+        if self.task == "multi_label":
+            probs = torch.sigmoid(logits).tolist()
+            return [{"labels": [n for n, p in zip(names, row) if p >= threshold], "probs": dict(zip(names, row))} for row in probs]
+        probs = torch.softmax(logits, dim=-1)
+        best = probs.argmax(dim=-1).tolist()
+        return [{"label": names[b], "score": row[b], "probs": dict(zip(names, row))} for b, row in zip(best, probs.tolist())]
+
+    def predict(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None, batch_size: int = 64,
+                threshold: float = 0.5) -> list[dict[str, Any]]:
+        """One record per text, in input order (see the class docstring)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if isinstance(pairs, str):
+            pairs = [pairs]
+        return self.records(self.logits(texts, pairs, batch_size), threshold)
+
+
+# -- reading texts and writing results ---------------------------------------------------------------------------------
+
+
+def read_texts(path: str | Path, text_column: int | str | None = None, text_pair_column: int | str | None = None,
+               pairs: bool = False) -> tuple[list[str], list[str] | None]:
+    """Texts (and second texts) to predict: ``.txt`` is one text per line (empty lines are empty texts); tables
+    use ``text_column`` (default: text/sentence/..., else the first column)."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise LightbertError(f"input file not found: {path}", "check the path")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8") from None
+        if text_pair_column is not None or pairs:
+            raise LightbertError(f"{path} is plain text, which has no second text for a pair", "use a CSV/TSV/JSONL/Parquet file with --text_pair_column")
+        return lines, None
+    table = read_table(path)
+    if pairs and text_pair_column is None:
+        raise LightbertError("this model was trained on text pairs", "pass --text_pair_column with the column of the second text")
+    texts, second, _ = select_columns(table, path, text_column, text_pair_column, None, require_label=False, detect_pair=False)
+    return texts, second
+
+
+def write_atomically(path: str | Path, lines: Iterable[str], overwrite: bool = False) -> None:
+    """Write text lines to ``path`` through a temporary file in the same directory, then rename: a crash never
+    leaves a partial file under the final name, and an existing file is kept unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LightbertError(f"output file exists: {path}", "choose another path or pass --overwrite")
+    if not path.parent.is_dir():
+        raise LightbertError(f"output directory not found: {path.parent}", "create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonl(records: Iterable[dict[str, Any]]) -> Iterable[str]:
+    for record in records:
+        yield json.dumps(record, ensure_ascii=False) + "\n"
