@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,14 @@ def build_section(
     return section
 
 
+def unsafe_pickle_error(path: str | Path, err: Exception) -> LightbertError:
+    """The error for a pickle that ``weights_only`` loading refused, naming the object it wanted to build."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = f"a {match.group(1)} object" if match else "objects beyond tensors and plain data"
+    return LightbertError(f"{path} holds {what}, which could run code when loaded; refused",
+                          "use a file written by lightbert or save_pretrained, or one you made yourself")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a ``.ckpt`` with ``weights_only=True`` on the CPU; a file that needs more is refused, never run."""
     text = str(path)
@@ -171,8 +180,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        detail = str(err).split("Unsupported global:")[-1].strip().split("\n")[0] if "Unsupported global" in str(err) else "objects outside tensors and plain data"
-        raise LightbertError(f"{path} holds {detail}, which could run code when loaded; refused", "use a checkpoint written by lightbert, or one you made yourself") from None
+        raise unsafe_pickle_error(path, err) from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise LightbertError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]})", "the file is truncated or not a .ckpt; use another checkpoint") from None
     if not isinstance(checkpoint, dict):

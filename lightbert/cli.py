@@ -237,6 +237,14 @@ def run_lightning(args: list[str]) -> None:
     _make_cli_class()(args)
 
 
+def _quiet_transformers() -> None:
+    # Weight-loading progress bars and "newly initialized" notices are noise on a command line; errors still show.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -244,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print(USAGE)
             return 0
         command = argv[0]
+        _quiet_transformers()
         if command in LIGHTNING_SUBCOMMANDS:
             run_lightning(argv)
         elif command == "predict":

@@ -16,6 +16,7 @@ nothing is downloaded.
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from lightbert.checkpoint import (
     lightbert_section,
     read_checkpoint,
     tokenizer_from_files,
+    unsafe_pickle_error,
 )
 from lightbert.data import effective_max_length, load_tokenizer
 from lightbert.errors import LightbertError
@@ -93,7 +95,9 @@ def load_lightbert(path: Path, checkpoint: dict[str, Any] | None = None) -> Clas
 
 
 def check_huggingface_dir(path: Path) -> dict[str, Any]:
-    """The directory's config.json, after checking it can be loaded safely and has weights."""
+    """The directory's config.json, after checking it can be loaded safely."""
+    if not (path / "config.json").is_file():
+        raise LightbertError(f"{path} has no config.json, so it is not a Hugging Face model directory", "give a directory written by save_pretrained, or a .ckpt file")
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -117,6 +121,8 @@ def load_huggingface(path: Path) -> Classifier:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), dtype=torch.float32, local_files_only=True, trust_remote_code=False
         )
+    except pickle.UnpicklingError as err:
+        raise unsafe_pickle_error(path / "pytorch_model.bin", err) from None
     except (OSError, ValueError, RuntimeError) as err:
         raise LightbertError(f"cannot load the model in {path}: {str(err).splitlines()[0][:200]}", "check that its weight files are complete") from None
     tokenizer = load_tokenizer(path)

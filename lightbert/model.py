@@ -204,7 +204,7 @@ class SequenceClassifier(pl.LightningModule):
             )
         for key, value in label_config(self.task, self.labels).items():
             setattr(config, key, value)
-        verbosity = hf_logging.get_verbosity()
+        verbosity, progress_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected for a new head
         hf_logging.disable_progress_bar()
         try:
@@ -214,7 +214,8 @@ class SequenceClassifier(pl.LightningModule):
             )
         finally:
             hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            if progress_bars:
+                hf_logging.enable_progress_bar()
         if base_head is not None:
             keys = label_dependent_keys(config)
             parameters = dict(self.model.named_parameters())

@@ -1,0 +1,157 @@
+"""Prediction: records with label names and probabilities, deterministic, batch-invariant, in input order;
+the `lightbert predict` command over texts and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+from conftest import quiet_trainer, sentiment_rows, write_csv, write_jsonl
+
+from lightbert import load
+from lightbert.checkpoint import Checkpointing
+from lightbert.data import ClassificationDataModule
+from lightbert.model import SequenceClassifier
+
+TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb " * 30, "  ", "great", "cold\tgrim\nweak"]
+
+
+def train_checkpoint(base, tmp, rows, **data_kwargs):
+    pl.seed_everything(0, verbose=False)
+    dm = ClassificationDataModule(train=str(rows), validation=str(rows), tokenizer=str(base), batch_size=8, **data_kwargs)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[Checkpointing(dirpath=str(tmp), save_last=True)])
+    trainer.fit(SequenceClassifier(base=str(base), learning_rate=1e-3), dm)
+    return tmp / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def single_label(tmp_path_factory, tiny_bert):
+    tmp = tmp_path_factory.mktemp("single")
+    rows = write_csv(tmp / "t.csv", ["text", "label"], [(t, ["negative", "positive"][int(l)]) for t, l in sentiment_rows(24)])
+    return train_checkpoint(tiny_bert, tmp, rows)
+
+
+@pytest.fixture(scope="module")
+def classifier(single_label):
+    return load(single_label)
+
+
+def test_single_label_records_have_label_score_and_probabilities_in_label_order(classifier):
+    records = classifier.predict(["a good film", "bad"])
+    assert len(records) == 2
+    for record in records:
+        assert list(record["probs"]) == ["negative", "positive"]
+        assert record["label"] == max(record["probs"], key=record["probs"].get)
+        assert record["score"] == record["probs"][record["label"]]
+        assert sum(record["probs"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_batched_prediction_equals_one_by_one(classifier):
+    batched = torch.tensor([list(r["probs"].values()) for r in classifier.predict(TEXTS, batch_size=3)])
+    single = torch.tensor([list(classifier.predict([t])[0]["probs"].values()) for t in TEXTS])
+    assert (batched - single).abs().max() <= 1e-5
+
+
+def test_same_input_twice_is_bitwise_equal_even_after_train_mode(classifier):
+    first = classifier.logits(TEXTS)
+    classifier.model.train()  # as if someone left dropout on
+    second = classifier.logits(TEXTS)
+    assert torch.equal(first, second)
+    assert classifier.model.training  # the caller's mode is restored afterwards
+    classifier.model.eval()
+
+
+def test_empty_texts_are_predicted_and_long_texts_truncated_and_counted(classifier):
+    records = classifier.predict(["", "good", "film " * 500])
+    assert len(records) == 3 and all("label" in r for r in records)
+    assert classifier.last_truncated == 1
+
+
+def test_results_keep_input_order_whatever_the_lengths(classifier):
+    texts = [("good " * n).strip() for n in (1, 9, 3, 12, 5)]
+    by_batch = classifier.predict(texts, batch_size=2)
+    for text, record in zip(texts, by_batch):
+        alone = classifier.predict([text])[0]
+        assert record["label"] == alone["label"] and abs(record["score"] - alone["score"]) <= 1e-5
+
+
+def test_multi_label_records_list_labels_above_the_threshold(tmp_path, tiny_bert):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"text": t, "label": ["x", "y"] if l == "1" else ["y"]} for t, l in sentiment_rows(16)])
+    classifier = load(train_checkpoint(tiny_bert, tmp_path, path))
+    record = classifier.predict(["good film"], threshold=0.0)[0]
+    assert classifier.task == "multi_label" and record["labels"] == ["x", "y"] and list(record["probs"]) == ["x", "y"]
+    assert classifier.predict(["good film"], threshold=1.01)[0]["labels"] == []
+
+
+def test_regression_records_have_a_score(tmp_path, tiny_bert):
+    path = write_csv(tmp_path / "r.csv", ["text", "score"], [(t, f"{int(l) * 3 + 0.5}") for t, l in sentiment_rows(16)])
+    classifier = load(train_checkpoint(tiny_bert, tmp_path, path))
+    assert classifier.task == "regression"
+    [record] = classifier.predict(["good film"])
+    assert set(record) == {"score"} and isinstance(record["score"], float)
+
+
+# -- the command -----------------------------------------------------------------------------------------------------
+
+
+def cli(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lightbert.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_predict_command_labels_texts_given_as_arguments(single_label, classifier):
+    result = cli("predict", str(single_label), "a good film", "", "bad")
+    assert result.returncode == 0, result.stderr
+    records = jsonl(result.stdout)
+    assert [r["label"] for r in records] == [r["label"] for r in classifier.predict(["a good film", "", "bad"])]
+
+
+def test_predict_command_reads_text_files_and_tables_and_writes_output(single_label, classifier, tmp_path):
+    (tmp_path / "in.txt").write_text("a good film\n\nbad\n", encoding="utf-8")
+    write_csv(tmp_path / "in.csv", ["id", "review"], [("1", "a good film"), ("2", ""), ("3", "bad")])
+    pd.DataFrame({"review": ["a good film", "", "bad"]}).to_parquet(tmp_path / "in.parquet")
+    expected = classifier.predict(["a good film", "", "bad"])
+    for source, extra in (("in.txt", []), ("in.csv", ["--text_column", "review"]), ("in.parquet", ["--text_column", "0"])):
+        out = tmp_path / f"{source}.jsonl"
+        result = cli("predict", str(single_label), "--input", str(tmp_path / source), "--output", str(out), *extra)
+        assert result.returncode == 0, result.stderr
+        got = jsonl(out.read_text())
+        assert [r["label"] for r in got] == [r["label"] for r in expected]
+        assert max(abs(g["score"] - e["score"]) for g, e in zip(got, expected)) <= 1e-5
+
+
+def test_predict_command_reports_truncation_on_stderr(single_label):
+    result = cli("predict", str(single_label), "film " * 500, "good")
+    assert result.returncode == 0
+    assert "1 of 2 texts were longer than 64 tokens and were truncated" in result.stderr
+    assert len(jsonl(result.stdout)) == 2
+
+
+def test_predict_command_refuses_to_overwrite_output(single_label, tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    result = cli("predict", str(single_label), "good", "--output", str(out))
+    assert result.returncode == 2 and "output file exists" in result.stderr
+    assert out.read_text() == "precious\n"
+    assert cli("predict", str(single_label), "good", "--output", str(out), "--overwrite", "true").returncode == 0
+    assert len(jsonl(out.read_text())) == 1
+
+
+def test_predict_command_on_pairs_needs_the_second_column(tmp_path, tiny_bert):
+    path = write_csv(tmp_path / "p.csv", ["sentence1", "sentence2", "label"], [(t, "the film", l) for t, l in sentiment_rows(16)])
+    ckpt = train_checkpoint(tiny_bert, tmp_path, path)
+    result = cli("predict", str(ckpt), "--input", str(path), "--text_column", "sentence1")
+    assert result.returncode == 2 and "trained on text pairs" in result.stderr
+    result = cli("predict", str(ckpt), "--input", str(path), "--text_column", "sentence1", "--text_pair_column", "sentence2")
+    assert result.returncode == 0, result.stderr
+    assert len(jsonl(result.stdout)) == 16
