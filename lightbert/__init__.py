@@ -1,11 +1,27 @@
 """lightbert: fine-tune, checkpoint, resume, load and predict with BERT-family sequence classifiers,
-on PyTorch Lightning and Hugging Face Transformers, correctly and offline."""
+on PyTorch Lightning and Hugging Face Transformers, correctly and offline.
+
+The names below load lazily: ``lightbert.load`` and prediction never import Lightning (slow to import), and
+``import lightbert`` stays cheap.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 MIN_LIGHTNING = (2, 6, 6)
+
+_LAZY = {
+    "load": "lightbert.loader",
+    "Classifier": "lightbert.predict",
+    "ClassificationDataModule": "lightbert.datamodule",
+    "SequenceClassifier": "lightbert.model",
+    "Checkpointing": "lightbert.callbacks",
+    "LightbertError": "lightbert.errors",
+}
+__all__ = [*_LAZY, "__version__"]
 
 
 def _check_lightning() -> None:
@@ -23,10 +39,13 @@ def _check_lightning() -> None:
 
 _check_lightning()
 
-from lightbert.data import ClassificationDataModule  # noqa: E402
-from lightbert.errors import LightbertError  # noqa: E402
-from lightbert.load import load  # noqa: E402
-from lightbert.model import SequenceClassifier  # noqa: E402
-from lightbert.predict import Classifier  # noqa: E402
 
-__all__ = ["Classifier", "ClassificationDataModule", "LightbertError", "SequenceClassifier", "__version__", "load"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightbert' has no attribute {name!r}")

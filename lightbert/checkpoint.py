@@ -13,29 +13,29 @@ import json
 import pickle
 import random
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightbert.errors import LightbertError
+from lightbert.safety import check_hyperparameters, refuse_lfs_pointer
 
 FORMAT_VERSION = 1
 SECTION = "lightbert"
 
 
 def versions() -> dict[str, str]:
-    import lightning
-    import transformers
+    """Installed versions, as plain str (torch.__version__ is a TorchVersion, which weights_only refuses)."""
+    from importlib.metadata import version
 
     from lightbert import __version__
 
-    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
     return {"lightbert": str(__version__), "torch": str(torch.__version__),
-            "transformers": str(transformers.__version__), "lightning": str(lightning.__version__)}
+            "transformers": version("transformers"), "lightning": version("lightning")}
 
 
 def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
@@ -90,7 +90,7 @@ def write_tokenizer_files(files: dict[str, Any], directory: str | Path) -> None:
 
 
 def tokenizer_from_files(files: dict[str, Any]) -> Any:
-    from lightbert.data import load_tokenizer
+    from lightbert.hf import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(files, tmp)
@@ -166,27 +166,48 @@ def unsafe_pickle_error(path: str | Path, err: Exception) -> LightbertError:
     match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
     what = f"a {match.group(1)} object" if match else "objects beyond tensors and plain data"
     return LightbertError(f"{path} holds {what}, which could run code when loaded; refused",
-                          "use a file written by lightbert or save_pretrained, or one you made yourself")
+                          "use a file written by lightbert or save_pretrained, or pass --trust_checkpoint for a file you made yourself")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a ``.ckpt`` with ``weights_only=True`` on the CPU; a file that needs more is refused, never run."""
+def _is_refused_object(err: Exception) -> bool:
+    return bool(re.search(r"Unsupported (global|class|operand)|Weights only load failed", str(err)))
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Load a ``.ckpt`` on the CPU with ``weights_only=True``: a file that needs more is refused, never run, and so
+    is one whose hyper-parameters ask to import code. ``trust=True`` (``--trust_checkpoint``) unpickles anything,
+    for files the user made themselves, with a warning."""
     text = str(path)
     if "://" in text:
         raise LightbertError(f"checkpoint paths must be local files, not URLs: {text}", "download the file yourself and check where it comes from")
     path = Path(path)
     if not path.is_file():
-        raise LightbertError(f"checkpoint not found: {path}", "check the path")
+        raise LightbertError(f"checkpoint not found: {path}" if not path.is_dir() else f"{path} is a directory, not a checkpoint file",
+                             "check the path")
+    refuse_lfs_pointer(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and not trust:
+        raise LightbertError(f"{path} is not a checkpoint file (torch.save writes a zip archive; this is not one)",
+                             "give a .ckpt written by lightbert or Lightning")
+    if trust:
+        print(f"warning: loading {path} with --trust_checkpoint: a pickle can run any code; do this only with files you made yourself", file=sys.stderr)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust, mmap=not trust)
     except pickle.UnpicklingError as err:
-        raise unsafe_pickle_error(path, err) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise LightbertError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]})", "the file is truncated or not a .ckpt; use another checkpoint") from None
+        if _is_refused_object(err):
+            raise unsafe_pickle_error(path, err) from None
+        raise LightbertError(f"{path} is not a checkpoint (it cannot be unpickled)", "give a .ckpt written by lightbert or Lightning") from None
+    except (RuntimeError, EOFError, ValueError, OSError, ImportError, AttributeError, TypeError) as err:
+        message = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        if "zip" in message or "central directory" in message or "mmap" in message or isinstance(err, EOFError):
+            raise LightbertError(f"{path} is truncated or corrupt ({message})", "use an earlier checkpoint, or save it again") from None
+        raise LightbertError(f"{path} is not a readable checkpoint ({message})", "give a .ckpt written by lightbert or Lightning") from None
     if not isinstance(checkpoint, dict):
         raise LightbertError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})", "use a .ckpt written by lightbert or Lightning")
+    if not trust:
+        check_hyperparameters(checkpoint, path)
     return checkpoint
-
 
 
 def lightbert_section(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
@@ -198,44 +219,3 @@ def lightbert_section(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise LightbertError(f"{path} has checkpoint format {version!r}; this lightbert reads up to {FORMAT_VERSION}", "upgrade lightbert")
     return section
-
-
-# -- the checkpoint callback -------------------------------------------------------------------------------------------
-
-
-
-class Checkpointing(ModelCheckpoint):
-    """``ModelCheckpoint`` (best by ``val_loss`` and ``last.ckpt`` at each validation) that can also refresh
-    ``last.ckpt`` every ``last_every_n_steps`` optimizer steps, so a crash loses at most that many steps.
-
-    Lightning's own ``every_n_train_steps`` excludes ``every_n_epochs``; this keeps both: the best checkpoint is
-    chosen at validations, and the step-wise last checkpoint resumes exactly (mid-epoch included).
-
-    Args:
-        last_every_n_steps: refresh last.ckpt every N optimizer steps (default: only at validations).
-    """
-
-    def __init__(self, *args: Any, last_every_n_steps: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if last_every_n_steps is not None and last_every_n_steps < 1:
-            raise LightbertError(f"last_every_n_steps must be at least 1, not {last_every_n_steps}", "pass --checkpoint.last_every_n_steps 100")
-        self.last_every_n_steps = last_every_n_steps
-        self._last_step_refreshed = -1
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        step = trainer.global_step
-        if (
-            self.last_every_n_steps
-            and self.save_last
-            and step > 0
-            and step % self.last_every_n_steps == 0
-            and step != self._last_step_refreshed
-            and not trainer.fast_dev_run
-            and not trainer.sanity_checking
-        ):
-            self._last_step_refreshed = step
-            saved_step = self._last_global_step_saved
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            # A step save must not stop the validation at this same step from saving the best checkpoint.
-            self._last_global_step_saved = saved_step

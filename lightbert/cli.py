@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -47,7 +48,7 @@ def _parser(command: str, description: str):
 
 
 def run_predict(args: list[str]) -> None:
-    from lightbert.load import load
+    from lightbert.loader import load
     from lightbert.predict import read_texts, to_jsonl, write_atomically
 
     parser = _parser("predict", "Label texts with a fine-tuned classifier. Output: JSON Lines, one object per text, in input order.")
@@ -61,12 +62,13 @@ def run_predict(args: list[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5, help="multi-label: probability from which a label is predicted")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
+    parser.add_argument("--trust_checkpoint", type=bool, default=False, help="unpickle the checkpoint fully; only for a file you made yourself")
     config = parser.parse_args(args)
     if bool(config.texts) == bool(config.input):
         raise LightbertError("give texts as arguments or --input FILE (one of the two)", "e.g. lightbert predict MODEL \"a great film\"")
     if config.output and Path(config.output).exists() and not config.overwrite:
         raise LightbertError(f"output file exists: {config.output}", "choose another path or pass --overwrite")
-    classifier = load(config.model, config.base)
+    classifier = load(config.model, config.base, trust_checkpoint=config.trust_checkpoint)
     if config.input:
         texts, pairs = read_texts(config.input, config.text_column, config.text_pair_column, pairs=classifier.trained_on_pairs)
     else:
@@ -91,8 +93,9 @@ def run_export(args: list[str]) -> None:
     parser.add_argument("out_dir", help="the directory to write (must be empty or absent unless --overwrite)")
     parser.add_argument("--base", type=str | None, default=None, help="HF directory with the config and tokenizer, for a Lightning checkpoint from the common recipe")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace a non-empty out_dir (only after the new export is verified)")
+    parser.add_argument("--trust_checkpoint", type=bool, default=False, help="unpickle the checkpoint fully; only for a file you made yourself")
     config = parser.parse_args(args)
-    result = export(config.checkpoint, config.out_dir, base=config.base, overwrite=config.overwrite)
+    result = export(config.checkpoint, config.out_dir, base=config.base, overwrite=config.overwrite, trust_checkpoint=config.trust_checkpoint)
     labels = ", ".join(result["labels"]) if result["labels"] else "regression"
     print(f"exported to {result['directory']}: {', '.join(result['files'])}")
     print(f"labels: {labels}; verified: max logit difference {result['max_logit_difference']:.1e} after reloading with transformers")
@@ -104,8 +107,9 @@ def run_inspect(args: list[str]) -> None:
     parser = _parser("inspect", "Say what a checkpoint or model directory is and holds, without running anything from it.")
     parser.add_argument("path", help="a .ckpt file or a Hugging Face model directory")
     parser.add_argument("--json", type=bool, default=False, help="print JSON instead of text")
+    parser.add_argument("--trust_checkpoint", type=bool, default=False, help="unpickle the checkpoint fully; only for a file you made yourself")
     config = parser.parse_args(args)
-    info = describe(config.path)
+    info = describe(config.path, trust_checkpoint=config.trust_checkpoint)
     print(json.dumps(info, indent=2, default=str) if config.json else format_description(info))
 
 
@@ -131,9 +135,11 @@ class _DropAdvertising(logging.Filter):
 def _make_cli_class():
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    from lightbert.checkpoint import Checkpointing, read_checkpoint
-    from lightbert.data import ClassificationDataModule
+    from lightbert.callbacks import Checkpointing
+    from lightbert.checkpoint import read_checkpoint
+    from lightbert.datamodule import ClassificationDataModule
     from lightbert.model import SequenceClassifier
+    from lightbert.safety import check_writable_directory
 
     class OneLineErrorParser(LightningArgumentParser):
         """Parse errors become ``error: ... (...)`` on one line, like every other user error."""
@@ -166,11 +172,29 @@ def _make_cli_class():
                 "checkpoint.auto_insert_metric_name": False,
             })
             parser.link_arguments("model.base", "data.tokenizer")
+            parser.add_argument("--trust_checkpoint", type=bool, default=False,
+                                help="Unpickle --ckpt_path fully. Only for a checkpoint you made yourself: a pickle can run any code.")
 
         def _parse_ckpt_path(self) -> None:
             # LightningCLI would feed the checkpoint's hyper-parameters back into the config, which lets a file
             # choose classes to instantiate. A checkpoint here only restores state; the command line decides.
             return
+
+        def instantiate_classes(self) -> None:
+            # Check everything a user can get wrong before the Trainer exists (and before it prints anything):
+            # the data (files, columns, labels), the output directory and the checkpoint to resume from.
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = self._get(self.config_init, "model")
+            self.datamodule.setup(self.subcommand)
+            trainer_config = self._get(self.config_init, "trainer", default={})
+            if self.subcommand == "fit":
+                check_writable_directory(trainer_config.get("default_root_dir") or "runs", "output directory")
+                dirpath = self._get(self.config, "checkpoint.dirpath")
+                if dirpath:
+                    check_writable_directory(dirpath, "checkpoint directory")
+            self._check_ckpt_path()
+            self.trainer = self.instantiate_trainer()
 
         def instantiate_trainer(self, **kwargs: Any):
             config = self._get(self.config_init, "trainer", default={})
@@ -178,17 +202,24 @@ def _make_cli_class():
                 kwargs["logger"] = default_loggers(config.get("default_root_dir") or "runs")
             return super().instantiate_trainer(**kwargs)
 
-        def _before(self) -> None:
+        def _check_ckpt_path(self) -> None:
             self._resumed_step = None
             ckpt_path = self._get(self.config, "ckpt_path")
-            if ckpt_path:
-                checkpoint = read_checkpoint(ckpt_path)  # refuses anything that is not weights_only-safe
-                if "state_dict" not in checkpoint:
-                    raise LightbertError(f"{ckpt_path} holds no model weights (state_dict)", "give a .ckpt written by lightbert fit")
-                if "optimizer_states" not in checkpoint and self.subcommand == "fit":
-                    raise LightbertError(f"{ckpt_path} has no optimizer state, so training cannot resume from it", "resume from a checkpoint written by lightbert fit")
-                self._resumed_step = int(checkpoint.get("global_step", 0))
-                del checkpoint
+            trust = bool(self._get(self.config, "trust_checkpoint"))
+            # Lightning's own load must be exactly as strict as ours: weights_only unless the user trusts the file.
+            self.config_init[self.subcommand]["weights_only"] = not trust
+            if self._get(self.config, "weights_only") is False and not trust:
+                raise LightbertError("--weights_only false would unpickle the checkpoint fully", "pass --trust_checkpoint true for a file you made yourself")
+            if not ckpt_path:
+                return
+            checkpoint = read_checkpoint(ckpt_path, trust=trust)
+            if "state_dict" not in checkpoint:
+                raise LightbertError(f"{ckpt_path} holds no model weights (state_dict)", "give a .ckpt written by lightbert fit")
+            if self.subcommand == "fit" and not ("optimizer_states" in checkpoint and "loops" in checkpoint):
+                raise LightbertError(f"{ckpt_path} is not resumable: it has no optimizer or loop state", "resume from a checkpoint written by lightbert fit")
+            self._resumed_step = int(checkpoint.get("global_step", 0))
+
+        def _before(self) -> None:
             parser = self._parser(self.subcommand)
             self.model.training_config = parser.dump(self.config[self.subcommand], skip_none=False)
 
@@ -231,10 +262,25 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
 
 def run_lightning(args: list[str]) -> None:
     """Run ``lightbert fit|validate|test`` with LightningCLI."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
-    _make_cli_class()(args)
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    cli = None
+    try:
+        cli = _make_cli_class()(args)
+    except SIGTERMException:
+        raise Terminated(getattr(getattr(cli, "trainer", None), "checkpoint_callback", None)) from None
+
+
+class Terminated(Exception):
+    """Training stopped by SIGTERM; the checkpoint callback saved last.ckpt on the way out."""
+
+    def __init__(self, callback: Any) -> None:
+        super().__init__("SIGTERM")
+        self.path = getattr(callback, "saved_on_sigterm", None) or getattr(callback, "last_model_path", None)
 
 
 def _quiet_transformers() -> None:
@@ -267,9 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     except LightbertError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        where = f"saved {stop.path}; resume with --ckpt_path {stop.path}" if stop.path else "no checkpoint was saved"
+        print(f"error: stopped by SIGTERM ({where})", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted (run again with --ckpt_path to resume from the last checkpoint)", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not a bad input: say so, keep it short unless asked for the traceback
+        if os.environ.get("LIGHTBERT_DEBUG"):
+            raise
+        print(f"error: internal error {type(err).__name__}: {_one_line(str(err))[:300]} (please report it; set LIGHTBERT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 def entry_point() -> None:

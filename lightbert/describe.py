@@ -13,7 +13,7 @@ from typing import Any
 
 from lightbert.checkpoint import SECTION, read_checkpoint
 from lightbert.errors import LightbertError
-from lightbert.load import WEIGHT_FILES, check_huggingface_dir
+from lightbert.safety import WEIGHT_FILES, check_model_files
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "sentencepiece.bpe.model", "spm.model")
@@ -31,14 +31,14 @@ def _guess_architecture(keys: list[str]) -> str | None:
     return None
 
 
-def describe(path: str | Path) -> dict[str, Any]:
+def describe(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """A JSON-ready description of a lightbert checkpoint, a Lightning checkpoint or a Hugging Face directory."""
     text = str(path)
     if "://" in text:
         raise LightbertError(f"paths must be local, not URLs: {text}", "download the file yourself")
     path = Path(path)
     if path.is_dir():
-        config = check_huggingface_dir(path)
+        config = check_model_files(path, weights=False)
         labels = _labels_from_config(config)
         return {
             "path": str(path),
@@ -55,7 +55,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         }
     if not path.exists():
         raise LightbertError(f"not found: {path}", "check the path")
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust=trust_checkpoint)
     resumable = bool(checkpoint.get("optimizer_states")) and "loops" in checkpoint
     common = {
         "path": str(path),

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from lightbert.errors import LightbertError
-from lightbert.load import load
+from lightbert.loader import load
 from lightbert.predict import Classifier
 
 SAMPLE_TEXTS = [
@@ -132,7 +132,7 @@ def verify_export(directory: Path, classifier: Classifier, tolerance: float) -> 
 
 
 def export(source: str | Path, out_dir: str | Path, base: str | Path | None = None, overwrite: bool = False,
-           tolerance: float = 1e-5) -> dict[str, Any]:
+           tolerance: float = 1e-5, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Write ``source`` (a lightbert checkpoint, a Lightning checkpoint with ``base``, or an HF directory) to
     ``out_dir`` as model.safetensors, config.json (id2label, label2id, problem_type), tokenizer files and a
     model card, verified by reloading. Returns what was written and the measured logit difference."""
@@ -144,7 +144,7 @@ def export(source: str | Path, out_dir: str | Path, base: str | Path | None = No
     source_path = Path(source)
     if out_dir.resolve() == source_path.resolve() or source_path.resolve().is_relative_to(out_dir.resolve()):
         raise LightbertError(f"cannot export {source} into itself ({out_dir})", "choose another output directory")
-    classifier = load(source, base)
+    classifier = load(source, base, trust_checkpoint=trust_checkpoint)
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))

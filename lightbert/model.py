@@ -8,7 +8,6 @@ and every checkpoint carries the config, tokenizer, labels and RNG state needed 
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import sys
@@ -20,54 +19,9 @@ import torchmetrics
 from torch import nn
 
 from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state
-from lightbert.data import check_model_dir, default_base_model, load_tokenizer, TASKS
+from lightbert.data import TASKS
+from lightbert.hf import PROBLEM_TYPES, check_model_dir, default_base_model, head_labels, label_config, label_dependent_keys, load_tokenizer
 from lightbert.errors import LightbertError
-
-PROBLEM_TYPES = {
-    "single_label": "single_label_classification",
-    "multi_label": "multi_label_classification",
-    "regression": "regression",
-}
-
-
-def label_config(task: str, labels: list[str] | None) -> dict[str, Any]:
-    """The HF config fields that describe a classification head."""
-    names = labels if task != "regression" else None
-    num_labels = len(names) if names else 1
-    id2label = {i: name for i, name in enumerate(names)} if names else {0: "score"}
-    return {
-        "num_labels": num_labels,
-        "id2label": id2label,
-        "label2id": {name: i for i, name in id2label.items()},
-        "problem_type": PROBLEM_TYPES[task],
-    }
-
-
-def head_labels(config: Any) -> list[str] | None:
-    """The label names of a base that already is a fine-tuned sequence classifier, else None. Generic names
-    (``LABEL_0``...) are read as the integer labels ``0``, ``1``..., which is how lightbert names those."""
-    if not any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])):
-        return None
-    if config.problem_type == "regression" or config.num_labels == 1:
-        return ["score"]
-    names = [str(config.id2label[i]) for i in range(config.num_labels)]
-    return [n[len("LABEL_"):] if n == f"LABEL_{i}" else n for i, n in enumerate(names)]
-
-
-def label_dependent_keys(config: Any) -> list[str]:
-    """The head parameters whose first dimension is the number of labels (found by building the architecture
-    twice on the meta device with different label counts), e.g. ``classifier.weight``, ``classifier.bias``."""
-    from transformers import AutoModelForSequenceClassification
-
-    shapes = []
-    for n in (2, 3):
-        trial = copy.deepcopy(config)
-        trial.num_labels = n  # the setter makes id2label/label2id fit
-        with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(trial)
-        shapes.append({k: tuple(v.shape) for k, v in model.state_dict().items()})
-    return [k for k in shapes[0] if shapes[0][k] != shapes[1][k]]
-
 
 def build_metrics(task: str, num_labels: int) -> torchmetrics.MetricCollection:
     """Validation/test metrics per task: accuracy and macro-F1; micro/macro-F1; MSE, Pearson, Spearman."""
@@ -189,10 +143,8 @@ class SequenceClassifier(pl.LightningModule):
         from transformers import AutoConfig, AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        base = check_model_dir(self.base or default_base_model())
+        base = check_model_dir(self.base or default_base_model(), weights=True)
         config = AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=False)
-        if getattr(config, "auto_map", None):
-            raise LightbertError(f"{base} asks for remote code (auto_map in config.json)", "use a model whose code ships with transformers")
         base_head = head_labels(config)
         wanted = self.labels if self.task != "regression" else ["score"]
         keep_head = base_head is not None and set(base_head) == set(wanted) and PROBLEM_TYPES[self.task] == (config.problem_type or PROBLEM_TYPES[self.task])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 
 from lightbert.data import PaddingCollator, read_table, select_columns
 from lightbert.errors import LightbertError
+from lightbert.safety import atomic_write
 
 
 def task_of(config: Any) -> str:
@@ -139,24 +138,18 @@ def read_texts(path: str | Path, text_column: int | str | None = None, text_pair
 
 
 def write_atomically(path: str | Path, lines: Iterable[str], overwrite: bool = False) -> None:
-    """Write text lines to ``path`` through a temporary file in the same directory, then rename: a crash never
-    leaves a partial file under the final name, and an existing file is kept unless ``overwrite``."""
+    """Write text lines to ``path`` atomically; an existing file is kept unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise LightbertError(f"output file exists: {path}", "choose another path or pass --overwrite")
     if not path.parent.is_dir():
         raise LightbertError(f"output directory not found: {path.parent}", "create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f: Any) -> None:
+        for line in lines:
+            f.write(line.encode("utf-8"))
+
+    atomic_write(path, write, what="output")
 
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> Iterable[str]:

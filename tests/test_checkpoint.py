@@ -104,7 +104,7 @@ def test_the_safety_check_refuses_objects_that_weights_only_loading_refuses():
 def test_reading_a_non_checkpoint_is_a_clear_error(tmp_path):
     text = tmp_path / "notes.ckpt"
     text.write_text("hello")
-    with pytest.raises(LightbertError, match="not a readable checkpoint"):
+    with pytest.raises(LightbertError, match="notes.ckpt is not a checkpoint file"):
         read_checkpoint(text)
     with pytest.raises(LightbertError, match="checkpoint not found"):
         read_checkpoint(tmp_path / "missing.ckpt")

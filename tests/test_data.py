@@ -8,7 +8,6 @@ import torch
 from conftest import sentiment_rows, write_csv, write_jsonl
 
 from lightbert.data import (
-    ClassificationDataModule,
     LabelEncoder,
     LengthGroupedSampler,
     PaddingCollator,
@@ -16,6 +15,7 @@ from lightbert.data import (
     read_table,
     select_columns,
 )
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError
 
 # -- the shared data sets, read exactly as they are -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from transformers import pipeline
 
 from lightbert import load
 from lightbert.cli import main
-from lightbert.data import ClassificationDataModule
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.describe import describe
 from lightbert.errors import LightbertError
 from lightbert.export import export

@@ -15,10 +15,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lightbert import load
-from lightbert.checkpoint import Checkpointing
-from lightbert.data import ClassificationDataModule
+from lightbert.callbacks import Checkpointing
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError
-from lightbert.load import source_kind
 from lightbert.model import SequenceClassifier
 
 TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb"]
@@ -48,7 +47,7 @@ def lightbert_ckpt(tmp_path_factory, tiny_bert):
 def test_lightbert_checkpoint_loads_the_trained_logits(lightbert_ckpt):
     path, trained = lightbert_ckpt
     classifier = load(path)
-    assert classifier.source == "lightbert" and source_kind(path) == "lightbert"
+    assert classifier.source == "lightbert"
     assert classifier.labels == ["neg", "pos"] and classifier.task == "single_label"
     expected = reference_logits(trained.model, trained.tokenizer)
     assert torch.allclose(classifier.logits(TEXTS), expected, atol=1e-5)

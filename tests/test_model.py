@@ -8,7 +8,7 @@ import torch
 from conftest import make_base_model, quiet_trainer, sentiment_rows, write_csv, write_jsonl
 from torch import nn
 
-from lightbert.data import ClassificationDataModule
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.model import SequenceClassifier, linear_warmup_decay
 
 

@@ -15,8 +15,8 @@ import torch
 from conftest import quiet_trainer, sentiment_rows, write_csv, write_jsonl
 
 from lightbert import load
-from lightbert.checkpoint import Checkpointing
-from lightbert.data import ClassificationDataModule
+from lightbert.callbacks import Checkpointing
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.model import SequenceClassifier
 
 TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb " * 30, "  ", "great", "cold\tgrim\nweak"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import quiet_trainer
 
-from lightbert.checkpoint import Checkpointing
-from lightbert.data import ClassificationDataModule
+from lightbert.callbacks import Checkpointing
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.model import SequenceClassifier
 
 

@@ -10,8 +10,8 @@ import torch
 from conftest import quiet_trainer
 
 from lightbert import load
-from lightbert.checkpoint import Checkpointing
-from lightbert.data import ClassificationDataModule
+from lightbert.callbacks import Checkpointing
+from lightbert.datamodule import ClassificationDataModule
 from lightbert.model import SequenceClassifier
 
 pytestmark = pytest.mark.smoke

@@ -30,42 +30,28 @@ from lightbert.checkpoint import (
     tokenizer_from_files,
     unsafe_pickle_error,
 )
-from lightbert.data import effective_max_length, load_tokenizer
 from lightbert.errors import LightbertError
-from lightbert.model import label_dependent_keys
+from lightbert.hf import check_model_dir, effective_max_length, label_dependent_keys, load_tokenizer
 from lightbert.predict import Classifier
+from lightbert.safety import check_model_files
 
 # Buffers that transformers stopped (or started) saving across versions; their absence or presence is harmless.
 NON_PERSISTENT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def source_kind(path: str | Path) -> str:
-    """'lightbert', 'huggingface' or 'lightning' (a foreign Lightning checkpoint), without loading weights."""
-    text = str(path)
-    if "://" in text:
-        raise LightbertError(f"model paths must be local, not URLs: {text}", "download the model yourself and check where it comes from")
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise LightbertError(f"{path} has no config.json, so it is not a Hugging Face model directory", "give a directory written by save_pretrained, or a .ckpt file")
-        return "huggingface"
-    if not path.exists():
-        raise LightbertError(f"model not found: {path}", "check the path")
-    checkpoint = read_checkpoint(path)
-    return "lightbert" if SECTION in checkpoint else "lightning"
-
-
-def load(path: str | Path, base: str | Path | None = None) -> Classifier:
+def load(path: str | Path, base: str | Path | None = None, trust_checkpoint: bool = False) -> Classifier:
     """A ready classifier (eval mode, float32) from a lightbert checkpoint, a Hugging Face model directory, or a
-    Lightning checkpoint made with the common recipe (``base``: an HF directory of the same architecture)."""
+    Lightning checkpoint made with the common recipe (``base``: an HF directory of the same architecture).
+    ``trust_checkpoint`` allows full unpickling, for checkpoints the user made themselves."""
     text = str(path)
     if "://" in text:
         raise LightbertError(f"model paths must be local, not URLs: {text}", "download the model yourself and check where it comes from")
     path = Path(path)
     if path.is_dir():
         return load_huggingface(path)
-    checkpoint = read_checkpoint(path)
+    if not path.exists():
+        raise LightbertError(f"model not found: {path}", "give a .ckpt file or a Hugging Face model directory")
+    checkpoint = read_checkpoint(path, trust=trust_checkpoint)
     if SECTION in checkpoint:
         return load_lightbert(path, checkpoint)
     return load_lightning(path, checkpoint, base)
@@ -94,27 +80,10 @@ def load_lightbert(path: Path, checkpoint: dict[str, Any] | None = None) -> Clas
 # -- 2. Hugging Face directories -------------------------------------------------------------------------------------
 
 
-def check_huggingface_dir(path: Path) -> dict[str, Any]:
-    """The directory's config.json, after checking it can be loaded safely."""
-    if not (path / "config.json").is_file():
-        raise LightbertError(f"{path} has no config.json, so it is not a Hugging Face model directory", "give a directory written by save_pretrained, or a .ckpt file")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LightbertError(f"{path / 'config.json'} is not valid JSON ({err})", "the directory is corrupt; save it again") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise LightbertError(f"{path / 'config.json'} has no model_type", "give a directory written by save_pretrained")
-    if config.get("auto_map"):
-        raise LightbertError(f"{path} asks for remote code (auto_map in config.json), which lightbert never runs", "use a model whose code ships with transformers")
-    return config
-
-
 def load_huggingface(path: Path) -> Classifier:
     from transformers import AutoModelForSequenceClassification
 
-    check_huggingface_dir(path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise LightbertError(f"{path} has no weights (model.safetensors or pytorch_model.bin)", "save the model with save_pretrained")
+    check_model_dir(path, what="model", weights=True)
     if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
         raise LightbertError(f"{path} has no tokenizer files", "save the tokenizer into the same directory with tokenizer.save_pretrained")
     try:
@@ -187,10 +156,8 @@ def load_lightning(path: Path, checkpoint: dict[str, Any], base: str | Path | No
                 "pass --base DIR, a Hugging Face model directory of the same architecture",
             )
         base = candidates[0]
-    base = Path(base)
-    if not base.is_dir():
-        raise LightbertError(f"base model directory not found: {base}", "pass --base with a local Hugging Face model directory")
-    base_config = check_huggingface_dir(base)
+    base = check_model_dir(base)
+    base_config = check_model_files(base, weights=False)
     config = AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=False)
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 

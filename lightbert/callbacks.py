@@ -1,0 +1,82 @@
+"""Lightning callbacks and plugins: the checkpoint callback and atomic checkpoint files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightbert.errors import LightbertError
+from lightbert.safety import atomic_write, check_writable_directory, remove_stale_temporaries
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in its own directory, fsyncs it and renames it into place, so a
+    kill, a crash or a full disk never leaves a partial file under a checkpoint's name, and the previous
+    checkpoint of that name stays intact until the new one is complete."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f), what="checkpoint")
+
+
+class Checkpointing(ModelCheckpoint):
+    """``ModelCheckpoint`` (best by ``val_loss`` and ``last.ckpt`` at each validation) that also:
+
+    - refreshes ``last.ckpt`` every ``last_every_n_steps`` optimizer steps, so a crash loses at most that many
+      steps (Lightning's own ``every_n_train_steps`` excludes ``every_n_epochs``; this keeps both);
+    - writes every checkpoint atomically (it installs ``AtomicCheckpointIO`` unless another IO plugin is set);
+    - checks that its directory is writable before training starts, and removes temporary files that a killed
+      run left there;
+    - on SIGTERM (preemption, ``kill``), saves ``last.ckpt`` at the batch boundary where Lightning stops.
+
+    Args:
+        last_every_n_steps: refresh last.ckpt every N optimizer steps (default: only at validations).
+    """
+
+    def __init__(self, *args: Any, last_every_n_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_steps is not None and last_every_n_steps < 1:
+            raise LightbertError(f"last_every_n_steps must be at least 1, not {last_every_n_steps}", "pass --checkpoint.last_every_n_steps 100")
+        self.last_every_n_steps = last_every_n_steps
+        self._last_step_refreshed = -1
+        self.saved_on_sigterm: str | None = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if stage == "fit" and self.dirpath and "://" not in str(self.dirpath) and trainer.is_global_zero:
+            check_writable_directory(self.dirpath, "checkpoint directory")
+            remove_stale_temporaries(Path(self.dirpath))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        if (
+            self.last_every_n_steps
+            and self.save_last
+            and step > 0
+            and step % self.last_every_n_steps == 0
+            and step != self._last_step_refreshed
+            and not trainer.fast_dev_run
+            and not trainer.sanity_checking
+        ):
+            self._last_step_refreshed = step
+            saved_step = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            # A step save must not stop the validation at this same step from saving the best checkpoint.
+            self._last_global_step_saved = saved_step
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException between batches, where the state is consistent and resumable.
+        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking and trainer.global_step > 0:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.saved_on_sigterm = self.last_model_path

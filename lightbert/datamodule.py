@@ -1,0 +1,226 @@
+"""The LightningDataModule: training, validation and test files, tokenized and batched for a classifier."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+
+from lightbert.data import (
+    BUNDLED_TRAIN,
+    BUNDLED_VALIDATION,
+    TASKS,
+    LabelEncoder,
+    LengthGroupedSampler,
+    PaddingCollator,
+    SortedSampler,
+    Task,
+    TokenizedDataset,
+    read_table,
+    select_columns,
+    table_format,
+    tokenize,
+)
+from lightbert.errors import LightbertError
+from lightbert.hf import check_model_dir, default_base_model, effective_max_length, head_labels, load_tokenizer
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Texts (or text pairs) and labels from CSV/TSV/JSONL/Parquet files, tokenized for a sequence classifier.
+
+    Args:
+        train: training file. None means the bundled SST-2 sample (with its validation file).
+        validation: validation file. None means a seeded ``val_fraction`` split of the training file.
+        test: optional test file, for ``lightbert test``.
+        text_column: column with the text, by name or 0-based position (default: text/sentence/..., else 0).
+        text_pair_column: column with the second text of a pair (default: sentence2/text_pair/... if present).
+        label_column: column with the label, by name or position (default: label/..., else the last column).
+        task: single_label, multi_label or regression; inferred from the training labels when not given.
+        labels: label names in the order of the model's outputs; default: from the training data.
+        label_delimiter: separator of several labels in one cell, for multi-label text files (default ',').
+        header: whether CSV/TSV files have a header row; detected when not given.
+        max_length: longest input in tokens; clamped to the model's position limit.
+        batch_size: texts per training batch.
+        eval_batch_size: texts per validation/test batch (default: 2 x batch_size).
+        val_fraction: share of the training file held out for validation when no validation file is given.
+        seed: seed of the validation split and of the training order.
+        num_workers: DataLoader worker processes.
+        tokenizer: directory with the tokenizer files; the CLI links it to ``--model.base``.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        validation: str | None = None,
+        test: str | None = None,
+        text_column: int | str | None = None,
+        text_pair_column: int | str | None = None,
+        label_column: int | str | None = None,
+        task: Task | None = None,
+        labels: list[str] | None = None,
+        label_delimiter: str | None = None,
+        header: bool | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if train is None:
+            train, validation = str(BUNDLED_TRAIN), validation or str(BUNDLED_VALIDATION)
+        if task is not None and task not in TASKS:
+            raise LightbertError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+        if batch_size < 1:
+            raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
+        if not 0.0 < val_fraction < 1.0 and validation is None:
+            raise LightbertError(f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1")
+        for path in (train, validation, test):
+            if path is not None:  # fail before any run directory or model exists
+                table_format(path)
+                if not Path(path).is_file():
+                    raise LightbertError(f"data file not found: {path}", "check the path")
+        self.train_path, self.validation_path, self.test_path = train, validation, test
+        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
+        self.task = task
+        self.label_names = labels
+        self.label_delimiter = label_delimiter
+        self.header = header
+        self.requested_max_length = max_length
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.tokenizer_path = tokenizer
+        self.has_pairs = text_pair_column is not None
+        self.tokenizer: Any = None
+        self.base_config: Any = None
+        self.encoder: LabelEncoder | None = None
+        self.datasets: dict[str, TokenizedDataset] = {}
+        self.train_sampler: LengthGroupedSampler | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    # -- settings the model and the checkpoint need -------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """What a checkpoint must remember to read new data the same way (JSON-safe)."""
+        return {
+            "task": self.task,
+            "labels": self.label_names,
+            "text_column": self.text_column,
+            "text_pair_column": self.text_pair_column,
+            "label_column": self.label_column,
+            "label_delimiter": self.label_delimiter,
+            "max_length": self.max_length,
+            "pair": self.has_pairs,
+        }
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _read(self, path: str, require_label: bool = True) -> tuple[list[str], list[str] | None, list[Any] | None]:
+        table = read_table(path, self.header, expected_columns=[self.text_column, self.text_pair_column, self.label_column])
+        return select_columns(table, path, self.text_column, self.text_pair_column, self.label_column, require_label)
+
+    def _ensure_tokenizer(self) -> None:
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoConfig
+
+        path = check_model_dir(self.tokenizer_path or default_base_model())
+        self.tokenizer = load_tokenizer(path)
+        self.base_config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
+
+    def _dataset(self, texts: list[str], pairs: list[str] | None, labels: list[Any] | None, source: str) -> TokenizedDataset:
+        assert self.encoder is not None
+        targets = self.encoder.encode(labels, source) if labels is not None else None
+        return TokenizedDataset(tokenize(self.tokenizer, texts, pairs, self.max_length), targets)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self._ensure_tokenizer()
+        texts, pairs, labels = self._read(self.train_path)
+        self.has_pairs = pairs is not None
+        if self.validation_path is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            permutation = torch.randperm(len(texts), generator=generator).tolist()
+            n_val = max(1, round(len(texts) * self.val_fraction))
+            if n_val >= len(texts):
+                raise LightbertError(f"{self.train_path} has too few rows ({len(texts)}) to split off validation", "give --data.validation")
+            val_ids, train_ids = sorted(permutation[:n_val]), sorted(permutation[n_val:])
+            pick = lambda values, ids: [values[i] for i in ids] if values is not None else None  # noqa: E731
+            val_split = (pick(texts, val_ids), pick(pairs, val_ids), pick(labels, val_ids))
+            texts, pairs, labels = pick(texts, train_ids), pick(pairs, train_ids), pick(labels, train_ids)
+        else:
+            val_split = self._read(self.validation_path)
+            if (val_split[1] is not None) != self.has_pairs:
+                raise LightbertError(f"{self.validation_path} and {self.train_path} differ in having a second text column", "use the same columns")
+        self.encoder = LabelEncoder.fit(labels, self.task, self.label_names, self.label_delimiter, source=str(self.train_path))
+        if self.label_names is None and self.encoder.names is not None:
+            # Continuing from a fine-tuned classifier with the same labels: keep its label order, and so its head.
+            base_names = head_labels(self.base_config)
+            if base_names is not None and set(base_names) == set(self.encoder.names):
+                self.encoder.names = base_names
+        self.task, self.label_names = self.encoder.task, self.encoder.names
+        self.datasets["train"] = self._dataset(texts, pairs, labels, str(self.train_path))
+        self.datasets["validation"] = self._dataset(*val_split, source=str(self.validation_path or self.train_path))
+        if self.test_path is not None:
+            self.datasets["test"] = self._dataset(*self._read(self.test_path), source=str(self.test_path))
+
+    # -- loaders -----------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: TokenizedDataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
+        if self.num_workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return DataLoader(
+            dataset,
+            batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
+            collate_fn=PaddingCollator(self.tokenizer.pad_token_id or 0, self.tokenizer.padding_side),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            # An own generator: creating an iterator must not draw from the global RNG that dropout uses,
+            # or a resumed run would see different dropout masks than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        self.train_sampler = LengthGroupedSampler(dataset.lengths, self.batch_size, seed=self.seed)
+        if self._resume_state is not None:
+            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["samples_done"])
+            self._resume_state = None
+        return self._loader(dataset, self.train_sampler, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.datasets["validation"]
+        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise LightbertError("no test file was given", "pass --data.test FILE")
+        dataset = self.datasets["test"]
+        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
+
+    # -- exact resume: where in the epoch the checkpoint was taken ------------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or self.train_sampler is None:
+            return {}
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        n = len(self.datasets["train"])
+        return {"epoch": int(trainer.current_epoch), "samples_done": int(min(batches_done * self.batch_size, n))}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self._resume_state = {"epoch": int(state_dict["epoch"]), "samples_done": int(state_dict["samples_done"])}
