@@ -183,10 +183,12 @@ def _make_cli_class():
         def instantiate_classes(self) -> None:
             # Check everything a user can get wrong before the Trainer exists (and before it prints anything):
             # the data (files, columns, labels), the output directory and the checkpoint to resume from.
-            self.config_init = self.parser.instantiate_classes(self.config)
+            instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
+            self.config_init = instantiate(self.config)
             self.datamodule = self._get(self.config_init, "data")
             self.model = self._get(self.config_init, "model")
             self.datamodule.setup(self.subcommand)
+            self.model.preflight(self.datamodule)
             trainer_config = self._get(self.config_init, "trainer", default={})
             if self.subcommand == "fit":
                 check_writable_directory(trainer_config.get("default_root_dir") or "runs", "output directory")

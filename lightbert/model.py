@@ -117,7 +117,11 @@ class SequenceClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is not None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.take_labels_from(getattr(self.trainer, "datamodule", None) if self._trainer is not None else None)
+        self.configure_classifier()
+
+    def take_labels_from(self, datamodule: Any) -> None:
+        """Task, labels, tokenizer and data settings from a set-up ``ClassificationDataModule`` (if any)."""
         if datamodule is not None and getattr(datamodule, "encoder", None) is not None:
             self.task = self.task or datamodule.task
             self.labels = self.labels or datamodule.label_names
@@ -131,17 +135,17 @@ class SequenceClassifier(pl.LightningModule):
                 )
         if self.task is None or (self.task != "regression" and not self.labels):
             raise LightbertError("the model has no task and labels", "train with a ClassificationDataModule, or pass task= and labels=")
-        self.configure_classifier()
 
-    def configure_classifier(self) -> None:
-        """Build the HF model from ``base`` with this task's head, in float32, from local files only.
+    def preflight(self, datamodule: Any) -> None:
+        """Check the base model against the data before any training starts (the CLI calls this before it
+        creates the Trainer): the directory is complete and safe, and a fine-tuned head fits the labels."""
+        self.take_labels_from(datamodule)
+        self._plan_head()
 
-        A base that is already a fine-tuned classifier keeps its head when the data has the same labels (rows are
-        reordered if the label order differs); other labels need ``new_head=True``, which re-initialises the
-        label-dependent head weights and says which.
-        """
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
+    def _plan_head(self) -> tuple[Any, Any, list[str] | None, list[str], bool]:
+        """The base directory, its config, its head's labels (None: no head), the wanted labels, and whether the
+        head is kept. Raises if the base is a classifier for other labels and ``new_head`` is not set."""
+        from transformers import AutoConfig
 
         base = check_model_dir(self.base or default_base_model(), weights=True)
         config = AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=False)
@@ -154,6 +158,19 @@ class SequenceClassifier(pl.LightningModule):
                 f"the data has {self.task} [{', '.join(wanted)}]",
                 "pass --model.new_head true to start a new classification head",
             )
+        return base, config, base_head, wanted, keep_head
+
+    def configure_classifier(self) -> None:
+        """Build the HF model from ``base`` with this task's head, in float32, from local files only.
+
+        A base that is already a fine-tuned classifier keeps its head when the data has the same labels (rows are
+        reordered if the label order differs); other labels need ``new_head=True``, which re-initialises the
+        label-dependent head weights and says which.
+        """
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        base, config, base_head, wanted, keep_head = self._plan_head()
         for key, value in label_config(self.task, self.labels).items():
             setattr(config, key, value)
         verbosity, progress_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
