@@ -149,6 +149,8 @@ def _make_cli_class():
             raise LightbertError(_one_line(message), f"run 'lightbert {command} --help' for the options")
 
     class LightbertCLI(LightningCLI):
+        running: LightningCLI | None = None  # the instance whose subcommand runs (its constructor runs it)
+
         def __init__(self, args: list[str]) -> None:
             super().__init__(
                 SequenceClassifier,
@@ -185,6 +187,7 @@ def _make_cli_class():
             # the data (files, columns, labels), the output directory and the checkpoint to resume from.
             instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
             self.config_init = instantiate(self.config)
+            type(self).running = self
             self.datamodule = self._get(self.config_init, "data")
             self.model = self._get(self.config_init, "model")
             self.datamodule.setup(self.subcommand)
@@ -270,11 +273,12 @@ def run_lightning(args: list[str]) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    cli = None
+    cli_class = _make_cli_class()
     try:
-        cli = _make_cli_class()(args)
+        cli_class(args)
     except SIGTERMException:
-        raise Terminated(getattr(getattr(cli, "trainer", None), "checkpoint_callback", None)) from None
+        trainer = getattr(cli_class.running, "trainer", None)
+        raise Terminated(getattr(trainer, "checkpoint_callback", None)) from None
 
 
 class Terminated(Exception):
