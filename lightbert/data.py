@@ -73,35 +73,56 @@ def read_table(path: str | Path, header: bool | None = None, expected_columns: S
     TSV is read without quote processing, as GLUE publishes it (quotes are part of the text).
     ``expected_columns``: column names the caller will ask for; finding one in the first row marks a header.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise LightbertError(f"data file not found: {path}", "check the path")
+    path = Path(path)
     fmt = table_format(path)
     try:
         if fmt in ("csv", "tsv"):
-            options: dict[str, Any] = {"sep": "\t" if fmt == "tsv" else ",", "dtype": str,
-                                       "keep_default_na": False, "na_filter": False, "encoding": "utf-8"}
-            if fmt == "tsv":
-                options["quoting"] = csv.QUOTE_NONE
-            if header is None:
-                first = pd.read_csv(path, header=None, nrows=20, **options)
-                names = [c for c in expected_columns if isinstance(c, str)]
-                header = _looks_like_header([[str(c) for c in row] for row in first.itertuples(index=False)], names)
+            options, header = csv_options(path, header, expected_columns)
             table = pd.read_csv(path, header=0 if header else None, **options)
         elif fmt == "jsonl":
             table = pd.read_json(path, lines=True, dtype=False)
         else:
             table = pd.read_parquet(path)
-    except UnicodeDecodeError as err:
-        raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise LightbertError(f"data file is empty: {path}", "give a file with at least one row") from None
-    except (pd.errors.ParserError, ValueError, OSError, ImportError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LightbertError(f"cannot read {path} as {fmt}: {first_line[:200]}", "check the file's format") from None
+    except Exception as err:
+        raise table_error(path, fmt, err) from None
     if len(table) == 0:
         raise LightbertError(f"data file has no rows: {path}", "give a file with at least one row")
     return table
+
+
+def csv_options(path: Path, header: bool | None, expected_columns: Sequence[Any] = ()) -> tuple[dict[str, Any], bool]:
+    """pandas options for a CSV/TSV file, and whether it has a header row (detected when ``header`` is None)."""
+    if not path.is_file():
+        raise LightbertError(f"data file not found: {path}", "check the path")
+    fmt = table_format(path)
+    options: dict[str, Any] = {"sep": "\t" if fmt == "tsv" else ",", "dtype": str,
+                               "keep_default_na": False, "na_filter": False, "encoding": "utf-8"}
+    if fmt == "tsv":
+        options["quoting"] = csv.QUOTE_NONE
+    if header is None:
+        try:
+            first = pd.read_csv(path, header=None, nrows=20, **options)
+        except Exception as err:
+            raise table_error(path, fmt, err) from None
+        names = [c for c in expected_columns if isinstance(c, str)]
+        header = _looks_like_header([[str(c) for c in row] for row in first.itertuples(index=False)], names)
+    return options, bool(header)
+
+
+def table_error(path: Path, fmt: str, err: Exception) -> LightbertError:
+    """A reading error of pandas/pyarrow as a clear, one-line LightbertError."""
+    if isinstance(err, LightbertError):
+        return err
+    if isinstance(err, UnicodeDecodeError):
+        return LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8")
+    if isinstance(err, pd.errors.EmptyDataError):
+        return LightbertError(f"data file is empty: {path}", "give a file with at least one row")
+    if isinstance(err, FileNotFoundError):
+        return LightbertError(f"data file not found: {path}", "check the path")
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LightbertError(f"cannot read {path} as {fmt}: {first_line[:200]}", "check the file's format")
 
 
 def resolve_column(table: pd.DataFrame, column: Column, role: str, path: str | Path) -> Any:
@@ -142,6 +163,7 @@ def select_columns(
     label_column: Column = None,
     require_label: bool = True,
     detect_pair: bool = True,
+    first_row: int = 1,
 ) -> tuple[list[str], list[str] | None, list[Any] | None]:
     """Texts, optional second texts and labels from a table.
 
@@ -160,8 +182,8 @@ def select_columns(
         label_key = _default_column(table, LABEL_NAMES, -1)
         if label_key in (text_key, pair_key):
             raise LightbertError(f"{path} has no label column", "pass --data.label_column (a name or a 0-based position)")
-    texts = _text_values(table[text_key], path, "text")
-    pairs = _text_values(table[pair_key], path, "text_pair") if pair_key is not None else None
+    texts = _text_values(table[text_key], path, "text", first_row)
+    pairs = _text_values(table[pair_key], path, "text_pair", first_row) if pair_key is not None else None
     labels = table[label_key].tolist() if label_key is not None else None
     return texts, pairs, labels
 
@@ -174,11 +196,11 @@ def _is_missing_label(value: Any) -> bool:
     return _is_missing(value) or (isinstance(value, str) and not value.strip())
 
 
-def _text_values(series: pd.Series, path: str | Path, role: str) -> list[str]:
+def _text_values(series: pd.Series, path: str | Path, role: str, first_row: int = 1) -> list[str]:
     values = series.tolist()
     for row, value in enumerate(values):
         if _is_missing(value):
-            raise LightbertError(f"{path}: row {row + 1} has no {role}", "fill in the text or remove the row")
+            raise LightbertError(f"{path}: row {row + first_row} has no {role}", "fill in the text or remove the row")
     return [v if isinstance(v, str) else str(v) for v in values]
 
 

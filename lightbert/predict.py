@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightbert.data import PaddingCollator, read_table, select_columns
+import pandas as pd
+
+from lightbert.data import PaddingCollator, csv_options, select_columns, table_error, table_format
 from lightbert.errors import LightbertError
 from lightbert.safety import atomic_write
 
@@ -52,6 +54,16 @@ class Classifier:
             self._forward_args.discard("token_type_ids")
         self._collate = PaddingCollator(tokenizer.pad_token_id or 0, getattr(tokenizer, "padding_side", "right"))
         self.last_truncated = 0
+        self.total_truncated = 0
+
+    def set_precision(self, precision: str) -> Classifier:
+        """``fp32`` (default, exact) or ``bf16``: weights in bfloat16, about twice as fast on GPUs and CPUs with
+        AMX/AVX512-BF16, and much slower on CPUs without them (check with benchmarks/predict.py)."""
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            raise LightbertError(f"unknown precision {precision!r}", "use fp32 or bf16")
+        self.model.to(dtypes[precision])
+        return self
 
     @property
     def trained_on_pairs(self) -> bool:
@@ -115,26 +127,103 @@ class Classifier:
 # -- reading texts and writing results ---------------------------------------------------------------------------------
 
 
+TextChunk = tuple[list[str], "list[str] | None"]
+
+
 def read_texts(path: str | Path, text_column: int | str | None = None, text_pair_column: int | str | None = None,
                pairs: bool = False) -> tuple[list[str], list[str] | None]:
-    """Texts (and second texts) to predict: ``.txt`` is one text per line (empty lines are empty texts); tables
-    use ``text_column`` (default: text/sentence/..., else the first column)."""
+    """All texts (and second texts) of a file at once; see ``iter_text_chunks``."""
+    texts: list[str] = []
+    second: list[str] | None = None
+    for chunk_texts, chunk_pairs in iter_text_chunks(path, text_column, text_pair_column, pairs):
+        texts += chunk_texts
+        if chunk_pairs is not None:
+            second = (second or []) + chunk_pairs
+    return texts, second
+
+
+def iter_text_chunks(path: str | Path, text_column: int | str | None = None, text_pair_column: int | str | None = None,
+                     pairs: bool = False, chunk_size: int = 4096) -> Iterator[TextChunk]:
+    """Texts to predict, ``chunk_size`` rows at a time, so memory stays flat however long the file is.
+
+    ``.txt`` is one text per line (empty lines are empty texts); CSV/TSV/JSONL/Parquet use ``text_column``
+    (default: text/sentence/..., else the first column) and, for pair models, ``text_pair_column``."""
     path = Path(path)
+    if not path.is_file():
+        raise LightbertError(f"input file not found: {path}", "check the path")
     if path.suffix.lower() == ".txt":
-        if not path.is_file():
-            raise LightbertError(f"input file not found: {path}", "check the path")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as err:
-            raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8") from None
         if text_pair_column is not None or pairs:
             raise LightbertError(f"{path} is plain text, which has no second text for a pair", "use a CSV/TSV/JSONL/Parquet file with --text_pair_column")
-        return lines, None
-    table = read_table(path)
+        yield from _txt_chunks(path, chunk_size)
+        return
     if pairs and text_pair_column is None:
         raise LightbertError("this model was trained on text pairs", "pass --text_pair_column with the column of the second text")
-    texts, second, _ = select_columns(table, path, text_column, text_pair_column, None, require_label=False, detect_pair=False)
-    return texts, second
+    fmt = table_format(path)
+    first_row = 1
+    try:
+        if fmt in ("csv", "tsv"):
+            options, header = csv_options(path, None, [text_column, text_pair_column])
+            tables: Iterable[pd.DataFrame] = pd.read_csv(path, header=0 if header else None, chunksize=chunk_size, **options)
+        elif fmt == "jsonl":
+            tables = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_size)
+        else:
+            import pyarrow.parquet as pq
+
+            tables = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size))
+        for table in tables:
+            texts, second, _ = select_columns(table, path, text_column, text_pair_column, None, require_label=False,
+                                              detect_pair=False, first_row=first_row)
+            first_row += len(texts)
+            yield texts, second
+    except LightbertError:
+        raise
+    except Exception as err:
+        raise table_error(path, fmt, err) from None
+
+
+def _txt_chunks(path: Path, chunk_size: int) -> Iterator[TextChunk]:
+    chunk: list[str] = []
+    try:
+        with open(path, encoding="utf-8", newline=None) as f:
+            for line in f:
+                chunk.append(line[:-1] if line.endswith("\n") else line)
+                if len(chunk) == chunk_size:
+                    yield chunk, None
+                    chunk = []
+    except UnicodeDecodeError as err:
+        raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start} of a block)", "save the file as UTF-8") from None
+    if chunk:
+        yield chunk, None
+
+
+def count_rows(path: str | Path) -> int | None:
+    """How many texts a file holds, cheaply (for the progress bar's ETA): newlines, or Parquet's metadata."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        count, last = 0, b"\n"
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
+        return count + (last != b"\n")
+    except OSError:
+        return None
+
+
+def predict_stream(classifier: Classifier, chunks: Iterable[TextChunk], batch_size: int = 64, threshold: float = 0.5,
+                   progress: Any = None) -> Iterator[dict[str, Any]]:
+    """Records for each chunk of texts as it comes; counts truncated texts in ``classifier.total_truncated``."""
+    classifier.total_truncated = 0
+    for texts, pairs in chunks:
+        records = classifier.predict(texts, pairs, batch_size=batch_size, threshold=threshold)
+        classifier.total_truncated += classifier.last_truncated
+        if progress is not None:
+            progress.update(len(texts))
+        yield from records
 
 
 def write_atomically(path: str | Path, lines: Iterable[str], overwrite: bool = False) -> None:

@@ -155,3 +155,25 @@ def test_predict_command_on_pairs_needs_the_second_column(tmp_path, tiny_bert):
     result = cli("predict", str(ckpt), "--input", str(path), "--text_column", "sentence1", "--text_pair_column", "sentence2")
     assert result.returncode == 0, result.stderr
     assert len(jsonl(result.stdout)) == 16
+
+
+def test_files_stream_in_chunks_in_order_with_true_row_numbers(tmp_path):
+    from lightbert.errors import LightbertError
+    from lightbert.predict import iter_text_chunks, read_texts
+
+    rows = [(f"text {i}", "x") for i in range(10)]
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
+    chunks = list(iter_text_chunks(path, chunk_size=3))
+    assert [len(texts) for texts, _ in chunks] == [3, 3, 3, 1]
+    assert [t for texts, _ in chunks for t in texts] == [t for t, _ in rows] == read_texts(path)[0]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in rows[:4]) + '{"text": null}\n')
+    with pytest.raises(LightbertError, match="row 5 has no text"):
+        list(iter_text_chunks(tmp_path / "d.jsonl", chunk_size=2))
+
+
+def test_bf16_precision_computes_the_same_function_within_tolerance(single_label):
+    fp32 = load(single_label)
+    bf16 = load(single_label)
+    bf16.set_precision("bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert torch.allclose(bf16.logits(TEXTS), fp32.logits(TEXTS), atol=5e-2)
