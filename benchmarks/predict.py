@@ -1,0 +1,232 @@
+"""Prediction speed: transformers.pipeline vs lightbert on the same model, texts and machine, in one run.
+
+    python benchmarks/predict.py --model runs/version_0/checkpoints/last.ckpt --texts 8000 --repeats 3
+
+Texts: the first N/2 sentences of ../shared/data/sst2/validation.tsv and the first N/2 articles of
+../shared/data/agnews/train.tsv (real data, short and long). Measured, alternating, ``--repeats`` times, median
+reported: pipeline(batch_size=32), pipeline one text at a time (on a subset), lightbert fp32 (and bf16 when asked).
+Then whole commands (`lightbert predict --input FILE` vs a script calling pipeline on the same file), with wall
+time and peak RSS, and start-up (`lightbert predict MODEL "one text"` vs importing torch+transformers and loading
+the model). Prints a table with ratios, label agreement and the fraction of the fp32 FLOP floor reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def load_texts(n: int) -> list[str]:
+    def column(path: Path, index: int, skip_header: bool) -> list[str]:
+        with open(path, encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [r[index] for r in rows[1 if skip_header else 0:]]
+
+    sst2 = column(DATA / "sst2" / "validation.tsv", 0, True)[: n // 2]
+    agnews = column(DATA / "agnews" / "train.tsv", 0, False)[: n - n // 2]
+    return sst2 + agnews
+
+
+def model_directory(model: str | None, tmp: Path) -> tuple[str, str]:
+    """An HF directory both sides load (exported from a lightbert checkpoint if one is given), and a label."""
+    if model and Path(model).is_dir():
+        return model, model
+    if model:
+        from lightbert.export import export
+
+        export(model, tmp / "model")
+        return str(tmp / "model"), model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lightbert.hf import default_base_model
+
+    torch.manual_seed(0)
+    base = default_base_model()
+    AutoModelForSequenceClassification.from_pretrained(base, num_labels=2).save_pretrained(tmp / "model")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp / "model")
+    return str(tmp / "model"), "bundled all-MiniLM-L6-v2 with a random 2-label head"
+
+
+def fp32_peak_flops() -> float:
+    """Measured fp32 matmul throughput of this machine (FLOP/s), the denominator of the FLOP floor."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    start, n = time.perf_counter(), 30
+    for _ in range(n):
+        a @ b
+    return 2 * 1024**3 * n / (time.perf_counter() - start)
+
+
+def model_flops(classifier, texts: list[str]) -> float:
+    """Forward FLOPs without padding: 2 x linear weights per token, plus attention scores and mixing."""
+    config = classifier.model.config
+    linear = sum(m.weight.numel() for m in classifier.model.modules() if isinstance(m, torch.nn.Linear))
+    items, _ = classifier.encode(texts)
+    lengths = [len(i["input_ids"]) for i in items]
+    d, layers = config.hidden_size, config.num_hidden_layers
+    return sum(2 * linear * n + 4 * layers * n * n * d for n in lengths)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# A child forked from this (large) process would report our own RSS as its peak (the high-water mark survives
+# fork and exec), so children are started by a small launcher process and measured there.
+LAUNCHER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    start = time.perf_counter()
+    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        sys.stderr.write(child.stderr.read().decode()[-2000:])
+    print(wall, usage.ru_maxrss / 1024, code)
+""")
+
+
+def run_child(command: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MiB) and exit code of a command."""
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True)
+    wall, rss, code = result.stdout.split()
+    if int(code) != 0:
+        sys.exit(f"{command} failed: {result.stderr}")
+    return float(wall), float(rss), int(code)
+
+
+PIPELINE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from transformers import pipeline
+    texts = open(sys.argv[2], encoding="utf-8").read().splitlines()
+    classify = pipeline("text-classification", model=sys.argv[1], top_k=None)
+    with open(sys.argv[3], "w", encoding="utf-8") as out:
+        for record in classify(texts, batch_size=32, truncation=True):
+            out.write(json.dumps(record) + "\\n")
+""")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a lightbert .ckpt or an HF directory (default: MiniLM with a random head)")
+    parser.add_argument("--texts", type=int, default=8000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--single", type=int, default=300, help="texts for the one-at-a-time peer")
+    parser.add_argument("--bf16", action="store_true", help="also measure lightbert --precision bf16")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    import lightbert
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    texts = load_texts(args.texts)
+    tmp = Path(tempfile.mkdtemp(prefix="lightbert-bench-"))
+    directory, model_name = model_directory(args.model, tmp)
+    classify = pipeline("text-classification", model=directory, top_k=None)
+    classifier = lightbert.load(directory)
+    bf16 = lightbert.load(directory).set_precision("bf16") if args.bf16 else None
+    single = texts[:: max(1, len(texts) // args.single)][: args.single]
+
+    times: dict[str, list[float]] = {"pipeline, batch 32": [], "pipeline, one text at a time": [], "lightbert fp32": []}
+    if bf16 is not None:
+        times["lightbert bf16"] = []
+    for _ in range(args.repeats):
+        times["pipeline, batch 32"].append(len(texts) / timed(lambda: classify(texts, batch_size=32, truncation=True)))
+        times["pipeline, one text at a time"].append(len(single) / timed(lambda: [classify(t, truncation=True) for t in single]))
+        times["lightbert fp32"].append(len(texts) / timed(lambda: classifier.predict(texts, batch_size=32)))
+        if bf16 is not None:
+            times["lightbert bf16"].append(len(texts) / timed(lambda: bf16.predict(texts, batch_size=32)))
+
+    # Agreement with the pipeline (fp32 eager) on every text.
+    theirs = classify(texts, batch_size=32, truncation=True)
+    ours = classifier.predict(texts, batch_size=32)
+    agreement = sum(max(t, key=lambda r: r["score"])["label"] == o["label"] for t, o in zip(theirs, ours)) / len(texts)
+    max_prob_difference = max(abs({r["label"]: r["score"] for r in t}[name] - p)
+                              for t, o in zip(theirs, ours) for name, p in o["probs"].items())
+    bf16_agreement = None
+    if bf16 is not None:
+        low = bf16.predict(texts, batch_size=32)
+        bf16_agreement = sum(a["label"] == b["label"] for a, b in zip(ours, low)) / len(texts)
+
+    peak = fp32_peak_flops()
+    flops = model_flops(classifier, texts)
+    baseline = statistics.median(times["pipeline, batch 32"])
+    print(f"\nmodel: {model_name}; {len(texts)} texts ({args.texts // 2} SST-2 sentences + {args.texts - args.texts // 2} AG News articles);"
+          f" {torch.get_num_threads()} threads; {args.repeats} repeats, medians")
+    print(f"fp32 matmul peak measured: {peak / 1e9:.0f} GFLOP/s; model work: {flops / 1e9:.0f} GFLOP (no padding) -> floor {len(texts) / (flops / peak):.0f} texts/s\n")
+    print("| in process (model loaded) | texts/s | vs pipeline | of FLOP floor |")
+    print("| --- | ---: | ---: | ---: |")
+    results = {}
+    for name, values in times.items():
+        rate = statistics.median(values)
+        results[name] = rate
+        print(f"| {name} | {rate:.0f} | {rate / baseline:.2f}x | {rate * flops / len(texts) / peak:.0%} |")
+    print(f"\nlightbert fp32 vs pipeline: label agreement {agreement:.2%}, max probability difference {max_prob_difference:.1e}")
+    if bf16_agreement is not None:
+        print(f"lightbert bf16 vs fp32: label agreement {bf16_agreement:.2%}")
+
+    # Whole commands on a file, and start-up.
+    text_file = tmp / "texts.txt"
+    text_file.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+    (tmp / "peer.py").write_text(PIPELINE_SCRIPT)
+    model_arg = args.model or directory
+    commands = {
+        "pipeline script": [sys.executable, str(tmp / "peer.py"), directory, str(text_file), str(tmp / "peer.jsonl")],
+        "lightbert predict --input": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "--input", str(text_file),
+                                      "--output", str(tmp / "ours.jsonl"), "--overwrite", "true"],
+    }
+    startup = {
+        "import torch, transformers + load model": [sys.executable, "-c",
+            f"import torch, transformers; transformers.AutoModelForSequenceClassification.from_pretrained({directory!r});"
+            f" transformers.AutoTokenizer.from_pretrained({directory!r})"],
+        "lightbert predict MODEL 'one text'": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "one text"],
+    }
+    print("\n| whole command | wall s | texts/s | peak RSS MiB |")
+    print("| --- | ---: | ---: | ---: |")
+    whole = {}
+    for name, command in commands.items():
+        runs = [run_child(command) for _ in range(max(1, args.repeats - 1))]
+        wall, rss = statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+        whole[name] = {"wall_s": wall, "peak_rss_mib": rss}
+        print(f"| {name} | {wall:.1f} | {len(texts) / wall:.0f} | {rss:.0f} |")
+    ratio = whole["pipeline script"]["wall_s"] / whole["lightbert predict --input"]["wall_s"]
+    print(f"\nwhole command: lightbert is {ratio:.2f}x faster than the pipeline script")
+    print("\n| start-up | wall s |")
+    print("| --- | ---: |")
+    starts = {}
+    for name, command in startup.items():
+        starts[name] = statistics.median(run_child(command)[0] for _ in range(3))
+        print(f"| {name} | {starts[name]:.2f} |")
+    names = list(starts)
+    print(f"\nstart-up ratio: {starts[names[1]] / starts[names[0]]:.2f}x the bare import + load (target <= 1.5x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"in_process_texts_per_s": results, "agreement": agreement,
+                                               "max_prob_difference": max_prob_difference, "bf16_agreement": bf16_agreement,
+                                               "whole_command": whole, "startup_s": starts,
+                                               "fp32_peak_gflops": peak / 1e9}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
