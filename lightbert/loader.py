@@ -194,11 +194,11 @@ def load_lightning(path: Path, checkpoint: dict[str, Any], base: str | Path | No
 
 def _load_strict(model: Any, weights: dict[str, torch.Tensor], path: Path, extra_unexpected: list[str] = (), base: Path | None = None) -> None:
     """Load all weights or fail listing what is missing or unexpected (only known buffers may differ)."""
+    hint = f"check that --base ({base}) has the architecture the checkpoint was trained with" if base else "the file is corrupt; use another checkpoint"
     expected_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     mismatched = sorted(k for k, v in weights.items() if k in expected_shapes and tuple(v.shape) != expected_shapes[k])
     if mismatched:
         details = ", ".join(f"{k} {tuple(weights[k].shape)} vs {expected_shapes[k]}" for k in mismatched[:5])
-        hint = f"check that --base ({base}) has the architecture the checkpoint was trained with" if base else "the file is corrupt; use another checkpoint"
         raise LightbertError(f"{path} has weights of the wrong shape: {details}", hint)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not _is_buffer_key(k)]
@@ -209,6 +209,5 @@ def _load_strict(model: Any, weights: dict[str, torch.Tensor], path: Path, extra
             parts.append(f"missing {len(missing)}: {', '.join(sorted(missing)[:6])}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)}: {', '.join(sorted(unexpected)[:6])}")
-        hint = f"check that --base ({base}) has the architecture the checkpoint was trained with" if base else "the file is corrupt; use another checkpoint"
         raise LightbertError(f"{path} does not match the model: {'; '.join(parts)}", hint)
     model.eval()
