@@ -15,7 +15,6 @@ nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections import Counter
 from pathlib import Path
