@@ -317,7 +317,7 @@ class LabelEncoder:
                 if _is_list(value):
                     parts = [_label_name(v) for v in value]
                 elif isinstance(value, str):
-                    parts = [p.strip() for p in value.split(self.delimiter or ",")] if value.strip() else []
+                    parts = [p.strip() for p in value.split(self.delimiter or ",")]
                 else:
                     parts = [_label_name(value)]
                 rows.append([p for p in parts if p != ""])

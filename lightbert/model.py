@@ -18,7 +18,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state
+from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state, tokenizer_files
 from lightbert.data import TASKS
 from lightbert.hf import PROBLEM_TYPES, check_model_dir, default_base_model, head_labels, label_config, label_dependent_keys, load_tokenizer
 from lightbert.errors import LightbertError
@@ -285,9 +285,7 @@ class SequenceClassifier(pl.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._tokenizer_files is None:
-            from lightbert.checkpoint import tokenizer_files
-
+        if self._tokenizer_files is None:  # serialised once per run, not at every save
             self._tokenizer_files = tokenizer_files(self.tokenizer)
         checkpoint["lightbert"] = build_section(
             hf_config=self.model.config,

@@ -130,18 +130,6 @@ class Classifier:
 TextChunk = tuple[list[str], "list[str] | None"]
 
 
-def read_texts(path: str | Path, text_column: int | str | None = None, text_pair_column: int | str | None = None,
-               pairs: bool = False) -> tuple[list[str], list[str] | None]:
-    """All texts (and second texts) of a file at once; see ``iter_text_chunks``."""
-    texts: list[str] = []
-    second: list[str] | None = None
-    for chunk_texts, chunk_pairs in iter_text_chunks(path, text_column, text_pair_column, pairs):
-        texts += chunk_texts
-        if chunk_pairs is not None:
-            second = (second or []) + chunk_pairs
-    return texts, second
-
-
 def iter_text_chunks(path: str | Path, text_column: int | str | None = None, text_pair_column: int | str | None = None,
                      pairs: bool = False, chunk_size: int = 4096) -> Iterator[TextChunk]:
     """Texts to predict, ``chunk_size`` rows at a time, so memory stays flat however long the file is.

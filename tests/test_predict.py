@@ -159,13 +159,13 @@ def test_predict_command_on_pairs_needs_the_second_column(tmp_path, tiny_bert):
 
 def test_files_stream_in_chunks_in_order_with_true_row_numbers(tmp_path):
     from lightbert.errors import LightbertError
-    from lightbert.predict import iter_text_chunks, read_texts
+    from lightbert.predict import iter_text_chunks
 
     rows = [(f"text {i}", "x") for i in range(10)]
     path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
     chunks = list(iter_text_chunks(path, chunk_size=3))
     assert [len(texts) for texts, _ in chunks] == [3, 3, 3, 1]
-    assert [t for texts, _ in chunks for t in texts] == [t for t, _ in rows] == read_texts(path)[0]
+    assert [t for texts, _ in chunks for t in texts] == [t for t, _ in rows]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in rows[:4]) + '{"text": null}\n')
     with pytest.raises(LightbertError, match="row 5 has no text"):
         list(iter_text_chunks(tmp_path / "d.jsonl", chunk_size=2))
