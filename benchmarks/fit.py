@@ -7,8 +7,8 @@ validation split carved from the same file. Model: the bundled all-MiniLM-L6-v2,
 AdamW lr 5e-5, 1 epoch, linear schedule. Each peer runs in its own process (so peak RSS is its own), in an order
 that alternates between repeats; medians are reported with ratios to the Trainer at its best settings.
 
-Peers: Trainer with dynamic padding + group_by_length (its best), Trainer padding to 128 (the common default),
-the plain Lightning recipe (LightningModule around the HF model, padding to 128, dropout switched on), lightbert.
+Peers: Trainer with dynamic padding + group_by_length (its best), Trainer defaults (dynamic padding by its default
+collator, random order), Trainer padding to 128 (the common tutorial recipe), the plain Lightning recipe (LightningModule around the HF model, padding to 128, dropout switched on), lightbert.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-PEERS = ["trainer-best", "trainer-pad128", "lightning-recipe", "lightbert"]
+PEERS = ["trainer-best", "trainer-default", "trainer-pad128", "lightning-recipe", "lightbert"]
+LABELS = {
+    "trainer-best": "Trainer, dynamic padding + group_by_length",
+    "trainer-default": "Trainer defaults (dynamic padding, random order)",
+    "trainer-pad128": "Trainer, padding to 128",
+    "lightning-recipe": "plain Lightning recipe (padding to 128)",
+    "lightbert": "lightbert",
+}
 
 
 def sst2(rows: int, val_rows: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -62,12 +69,12 @@ PEER_CODE = textwrap.dedent('''
     tokenizer = AutoTokenizer.from_pretrained(base)
     if peer.startswith("trainer"):
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-        pad128 = peer == "trainer-pad128"
+        pad128, grouped = peer == "trainer-pad128", peer == "trainer-best"
         enc = tokenizer([t for t, _ in train], truncation=True, max_length=128, padding="max_length" if pad128 else False)
         dataset = [dict(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i], token_type_ids=enc["token_type_ids"][i], labels=train[i][1]) for i in range(len(train))]
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2, dtype=torch.float32)
         args = TrainingArguments(output_dir=out + ".trainer", per_device_train_batch_size=32, learning_rate=5e-5, num_train_epochs=1,
-                                 train_sampling_strategy="random" if pad128 else "group_by_length", save_strategy="no", report_to=[], logging_steps=50, seed=0,
+                                 train_sampling_strategy="group_by_length" if grouped else "random", save_strategy="no", report_to=[], logging_steps=50, seed=0,
                                  warmup_steps=0.1, weight_decay=0.01, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
         start = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - start
@@ -151,7 +158,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for peer, runs in results.items():
         rate = statistics.median(r["samples_per_s"] for r in runs)
-        print(f"| {peer} | {rate:.1f} | {rate / best:.2f}x | {statistics.median(r['seconds'] for r in runs):.0f} | "
+        print(f"| {LABELS.get(peer, peer)} | {rate:.1f} | {rate / best:.2f}x | {statistics.median(r['seconds'] for r in runs):.0f} | "
               f"{statistics.median(r['accuracy'] for r in runs):.3f} | {max(r['peak_rss_mib'] for r in runs):.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -14,12 +14,14 @@ import sys
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.strategies import SingleDeviceStrategy
 import torch
 import torchmetrics
 from torch import nn
 
 from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state, tokenizer_files
 from lightbert.data import TASKS
+from lightbert.fastpath import use_cpu_dropout, use_first_position_only, use_resident_embedding_gradient
 from lightbert.hf import PROBLEM_TYPES, check_model_dir, default_base_model, head_labels, label_config, label_dependent_keys, load_tokenizer
 from lightbert.errors import LightbertError
 
@@ -207,6 +209,10 @@ class SequenceClassifier(pl.LightningModule):
         self._forward_args = set(inspect.signature(self.model.forward).parameters)
         if getattr(self.model.config, "type_vocab_size", 2) <= 1:
             self._forward_args.discard("token_type_ids")  # one segment type (RoBERTa): a pair's 1s would not index
+        # The same function, faster (lightbert.fastpath): dropout drawn ~5x cheaper on CPU (other devices keep
+        # PyTorch's kernels) and the last layer's feed-forward block computed only where the head reads.
+        use_cpu_dropout(self.model)
+        use_first_position_only(self.model)
         num_labels = self.model.config.num_labels
         self.val_metrics = build_metrics(self.task, num_labels).clone(prefix="val_")
         self.test_metrics = build_metrics(self.task, num_labels).clone(prefix="test_")
@@ -222,6 +228,9 @@ class SequenceClassifier(pl.LightningModule):
         # Lightning >= 2.2 does not call .train() on submodules and from_pretrained returns eval mode:
         # without this, dropout would silently stay off for the whole of training.
         self.model.train()
+        if isinstance(self.trainer.strategy, SingleDeviceStrategy) and self.device.type == "cpu":
+            # Its gradient bypasses autograd hooks, which multi-process strategies rely on.
+            use_resident_embedding_gradient(self.model)
 
     def on_train_epoch_start(self) -> None:
         self.model.train()

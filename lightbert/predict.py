@@ -19,6 +19,7 @@ import pandas as pd
 
 from lightbert.data import PaddingCollator, csv_options, select_columns, table_error, table_format
 from lightbert.errors import LightbertError
+from lightbert.fastpath import use_first_position_only
 from lightbert.safety import atomic_write
 
 
@@ -41,6 +42,8 @@ class Classifier:
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int, source: str, path: str, info: dict[str, Any]) -> None:
         self.model = model.eval()
+        # The same logits with ~11% less work: the last layer's feed-forward block runs only where the head reads.
+        use_first_position_only(self.model)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.source = source

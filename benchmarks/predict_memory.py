@@ -1,0 +1,101 @@
+"""Memory of ``lightbert predict --input`` as the file grows: it streams, so peak RSS should stay flat.
+
+    python benchmarks/predict_memory.py --lines 10000,100000,1000000
+
+Builds text files of the given numbers of lines from real texts (../shared/data SST-2 sentences and AG News
+articles alternating, cycled, so every size has the same mix of lengths), runs the whole command on each
+(``lightbert predict MODEL --input FILE --output OUT``) and reports wall time, texts/s and peak RSS (measured by
+wait4 on the child). The model is a small random BERT (hidden 64, 2 layers) with the MiniLM tokenizer unless
+``--model`` is given, so a million lines take minutes, not hours: memory flatness is a property of the streaming,
+not of the model size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+LAUNCHER = textwrap.dedent("""
+    import os, subprocess, sys
+    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        sys.stderr.write(child.stderr.read().decode()[-3000:])
+    print(usage.ru_maxrss / 1024, code)
+""")
+
+
+def real_texts() -> list[str]:
+    with open(DATA / "sst2" / "train.tsv", encoding="utf-8") as f:
+        sst2 = [r[0] for r in list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
+    with open(DATA / "agnews" / "train.tsv", encoding="utf-8") as f:
+        agnews = [r[0] for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    mixed = [text for pair in zip(sst2[:20000], agnews[:20000]) for text in pair]  # the same mix in every file size
+    return [t.replace("\n", " ") for t in mixed]
+
+
+def small_model(directory: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from lightbert.hf import default_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", default="10000,100000,1000000", help="comma-separated file sizes in lines")
+    parser.add_argument("--model", help="checkpoint or HF directory (default: a small random BERT)")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.lines.split(",")]
+    texts = real_texts()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = args.model or str(small_model(tmp / "model"))
+        lightbert = [sys.executable, "-m", "lightbert.cli"] if not (Path(sys.executable).parent / "lightbert").exists() else [str(Path(sys.executable).parent / "lightbert")]
+        print(f"model: {args.model or 'small random BERT (hidden 64, 2 layers, MiniLM tokenizer)'}; texts: SST-2 and AG News alternating, cycled")
+        print("\n| lines | file MiB | wall s | texts/s | peak RSS MiB |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for n in sizes:
+            path = tmp / f"texts-{n}.txt"
+            with open(path, "w", encoding="utf-8") as f:
+                for i in range(n):
+                    f.write(texts[i % len(texts)] + "\n")
+            out = tmp / f"out-{n}.jsonl"
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", LAUNCHER, *lightbert, "predict", model, "--input", str(path),
+                                   "--output", str(out)], capture_output=True, text=True,
+                                  env=os.environ | {"HF_HUB_OFFLINE": "1"})
+            seconds = time.perf_counter() - start
+            rss, status = done.stdout.split()
+            if int(status):
+                sys.exit(f"lightbert predict failed on {n} lines: {done.stderr}")
+            with open(out, "rb") as f:
+                written = sum(1 for _ in f)
+            if written != n:
+                sys.exit(f"{written} records for {n} lines")
+            print(f"| {n:,} | {path.stat().st_size / 2**20:.0f} | {seconds:.0f} | {n / seconds:,.0f} | {float(rss):.0f} |", flush=True)
+            path.unlink()
+            out.unlink()
+
+
+if __name__ == "__main__":
+    main()
