@@ -37,7 +37,8 @@ class Classifier:
 
     Build one with ``lightbert.load(path)``. ``predict(texts)`` returns one record per text, in order:
     ``{"label", "score", "probs"}`` (single-label), ``{"labels", "probs"}`` (multi-label) or ``{"score"}``
-    (regression).
+    (regression). ``model`` runs its last layer for the first token only (``lightbert.fastpath``): use it for
+    classification outputs, not for the last hidden state.
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int, source: str, path: str, info: dict[str, Any]) -> None:
