@@ -17,10 +17,11 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from measure import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -117,17 +118,6 @@ PEER_CODE = textwrap.dedent('''
     json.dump({{"seconds": seconds, "samples_per_s": len(train) / seconds, "accuracy": accuracy(model, tokenizer, val)}}, open(out, "w"))
 ''')
 
-LAUNCHER = textwrap.dedent("""
-    import os, subprocess, sys
-    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        sys.stderr.write(child.stderr.read().decode()[-3000:])
-    print(usage.ru_maxrss / 1024, code)
-""")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=4000)
@@ -143,12 +133,8 @@ def main() -> None:
         order = peers if repeat % 2 == 0 else list(reversed(peers))
         for peer in order:
             out = Path(f"/tmp/lightbert-fit-bench-{peer}.json")
-            done = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", code, peer, str(args.rows),
-                                   str(args.val_rows), str(out)], capture_output=True, text=True)
-            rss, status = done.stdout.split()
-            if int(status):
-                sys.exit(f"{peer} failed: {done.stderr}")
-            result = json.loads(out.read_text()) | {"peak_rss_mib": float(rss)}
+            _, rss = run_child([sys.executable, "-c", code, peer, str(args.rows), str(args.val_rows), str(out)])
+            result = json.loads(out.read_text()) | {"peak_rss_mib": rss}
             results[peer].append(result)
             print(f"repeat {repeat + 1} {peer}: {result['samples_per_s']:.1f} samples/s, accuracy {result['accuracy']:.3f}, "
                   f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)

@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from measure import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -86,30 +87,6 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-# A child forked from this (large) process would report our own RSS as its peak (the high-water mark survives
-# fork and exec), so children are started by a small launcher process and measured there.
-LAUNCHER = textwrap.dedent("""
-    import os, subprocess, sys, time
-    start = time.perf_counter()
-    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        sys.stderr.write(child.stderr.read().decode()[-2000:])
-    print(wall, usage.ru_maxrss / 1024, code)
-""")
-
-
-def run_child(command: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MiB) and exit code of a command."""
-    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True)
-    wall, rss, code = result.stdout.split()
-    if int(code) != 0:
-        sys.exit(f"{command} failed: {result.stderr}")
-    return float(wall), float(rss), int(code)
 
 
 PIPELINE_SCRIPT = textwrap.dedent("""

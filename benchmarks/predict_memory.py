@@ -15,26 +15,14 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
+
+from measure import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-
-LAUNCHER = textwrap.dedent("""
-    import os, subprocess, sys
-    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        sys.stderr.write(child.stderr.read().decode()[-3000:])
-    print(usage.ru_maxrss / 1024, code)
-""")
-
 
 def real_texts() -> list[str]:
     with open(DATA / "sst2" / "train.tsv", encoding="utf-8") as f:
@@ -70,7 +58,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = args.model or str(small_model(tmp / "model"))
-        lightbert = [sys.executable, "-m", "lightbert.cli"] if not (Path(sys.executable).parent / "lightbert").exists() else [str(Path(sys.executable).parent / "lightbert")]
         print(f"model: {args.model or 'small random BERT (hidden 64, 2 layers, MiniLM tokenizer)'}; texts: SST-2 and AG News alternating, cycled")
         print("\n| lines | file MiB | wall s | texts/s | peak RSS MiB |")
         print("| ---: | ---: | ---: | ---: | ---: |")
@@ -80,19 +67,13 @@ def main() -> None:
                 for i in range(n):
                     f.write(texts[i % len(texts)] + "\n")
             out = tmp / f"out-{n}.jsonl"
-            start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", LAUNCHER, *lightbert, "predict", model, "--input", str(path),
-                                   "--output", str(out)], capture_output=True, text=True,
-                                  env=os.environ | {"HF_HUB_OFFLINE": "1"})
-            seconds = time.perf_counter() - start
-            rss, status = done.stdout.split()
-            if int(status):
-                sys.exit(f"lightbert predict failed on {n} lines: {done.stderr}")
+            seconds, rss = run_child([sys.executable, "-m", "lightbert.cli", "predict", model, "--input", str(path), "--output", str(out)],
+                                     env=os.environ | {"HF_HUB_OFFLINE": "1"})
             with open(out, "rb") as f:
                 written = sum(1 for _ in f)
             if written != n:
                 sys.exit(f"{written} records for {n} lines")
-            print(f"| {n:,} | {path.stat().st_size / 2**20:.0f} | {seconds:.0f} | {n / seconds:,.0f} | {float(rss):.0f} |", flush=True)
+            print(f"| {n:,} | {path.stat().st_size / 2**20:.0f} | {seconds:.0f} | {n / seconds:,.0f} | {rss:.0f} |", flush=True)
             path.unlink()
             out.unlink()
 

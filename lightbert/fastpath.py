@@ -4,9 +4,9 @@ the classification head reads, and an embedding gradient that stays in memory be
 Cheaper dropout.
 
 PyTorch's CPU dropout draws one Bernoulli sample per element from the Mersenne Twister, which costs more than the
-rest of the dropout: about 4 ms for a 32 x 20 x 384 activation on this project's 2-core machine; dropout took 15%
-of a MiniLM training step there. Here one 64-bit draw from the same generator gives the keep decision for four elements (a 16-bit
-uniform each, compared with ``round(p * 65536)``), about 5x cheaper. It is still dropout: each element is zeroed
+rest of the dropout: 4.7 ms for a 32 x 20 x 384 activation on this project's 2-core machine, against 1.4 ms here
+(benchmarks/fastpath.py); dropout took 15% of a MiniLM training step there. Here one 64-bit draw from the same generator gives the keep decision for four elements (a 16-bit
+uniform each, compared with ``round(p * 65536)``). It is still dropout: each element is zeroed
 independently with probability ``round(p * 65536) / 65536`` (within 8e-6 of ``p``) and the kept ones are scaled by
 the inverse keep rate, so the expectation is unchanged; the draws come from ``torch``'s default CPU generator,
 so seeding, checkpointed RNG state and exact resume work as before. Other devices keep PyTorch's own kernels.
@@ -23,7 +23,8 @@ rounding (the matrix products of the first row do not depend on the other rows).
 
 Resident embedding gradient. The word-embedding gradient (vocabulary x hidden, 47 MB for MiniLM) is a fresh
 allocation at every backward pass, and on Linux a fresh allocation that large means page faults on first touch:
-about 20 ms a step, 5% of a MiniLM CPU step. ``use_resident_embedding_gradient(model)`` accumulates that gradient
+about 20 ms (benchmarks/fastpath.py: 25 ms for torch.zeros vs 3.8 ms to zero resident memory), 0-2% of a whole
+MiniLM CPU step as measured. ``use_resident_embedding_gradient(model)`` accumulates that gradient
 into a buffer kept between steps instead (the same ``index_add_`` PyTorch's own backward does). It writes
 ``weight.grad`` directly, bypassing autograd hooks, so it is for single-process training only.
 """
@@ -46,9 +47,7 @@ def drop_threshold(p: float) -> int:
 
 def keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """A boolean mask of ``shape``, each element False (dropped) with probability ``drop_threshold(p) / 65536``."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = shape.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64)
     words.random_(-(1 << 63), None, generator=generator)  # all 64 bits uniform (the default range skips the sign bit)
     uniforms = words.view(torch.int16)[:count].view(shape)  # signed: uniform over [-32768, 32767]
@@ -101,7 +100,7 @@ def attention_with_cpu_dropout(
     """Attention for the ``AttentionInterface``: while training on CPU with dropout, the eager computation with the
     cheaper mask on the attention probabilities (PyTorch's SDPA uses this same math path on CPU when dropout is
     on); otherwise PyTorch's SDPA, exactly as the ``sdpa`` implementation."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward  # a sys.modules lookup after the first
 
     if dropout <= 0.0 or query.device.type != "cpu" or kwargs.get("is_causal") or getattr(module, "is_causal", False):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)

@@ -209,7 +209,7 @@ class SequenceClassifier(pl.LightningModule):
         self._forward_args = set(inspect.signature(self.model.forward).parameters)
         if getattr(self.model.config, "type_vocab_size", 2) <= 1:
             self._forward_args.discard("token_type_ids")  # one segment type (RoBERTa): a pair's 1s would not index
-        # The same function, faster (lightbert.fastpath): dropout drawn ~5x cheaper on CPU (other devices keep
+        # The same function, faster (lightbert.fastpath): dropout drawn ~3x cheaper on CPU (other devices keep
         # PyTorch's kernels) and the last layer's feed-forward block computed only where the head reads.
         use_cpu_dropout(self.model)
         use_first_position_only(self.model)

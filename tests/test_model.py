@@ -137,3 +137,17 @@ def test_labels_reach_the_hf_config(tiny_bert, tmp_path):
     config = model.model.config
     assert config.id2label == {0: "Sports", 1: "World"} and config.label2id == {"Sports": 0, "World": 1}
     assert config.problem_type == "single_label_classification"
+
+
+def test_training_on_cpu_uses_every_fast_path(tiny_bert, sentiment_files):
+    from lightbert.fastpath import ATTENTION_NAME, CpuDropout, ResidentGradientEmbedding
+
+    model, _ = fit(tiny_bert, *sentiment_files)
+    hf = model.model
+    assert all(type(m) is CpuDropout for m in hf.modules() if isinstance(m, nn.Dropout))
+    assert hf.config._attn_implementation == ATTENTION_NAME
+    embedding = hf.get_input_embeddings()
+    assert isinstance(embedding, ResidentGradientEmbedding) and embedding.resident_grad is not None
+    ids = model.tokenizer(["a good film"], return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 1
+    assert hf.base_model(input_ids=ids).last_hidden_state.shape[1] == 1  # last layer: first position only

@@ -177,3 +177,10 @@ def test_bf16_precision_computes_the_same_function_within_tolerance(single_label
     bf16.set_precision("bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     assert torch.allclose(bf16.logits(TEXTS), fp32.logits(TEXTS), atol=5e-2)
+
+
+def test_classifier_runs_the_last_layer_for_the_first_position_only(classifier):
+    ids = classifier.tokenizer(["a good film"], return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 1
+    with torch.inference_mode():
+        assert classifier.model.base_model(input_ids=ids).last_hidden_state.shape[1] == 1
