@@ -30,6 +30,8 @@ CONFIGS = {
     "+ first position only": [fastpath.use_cpu_dropout, fastpath.use_first_position_only],
     "+ resident embedding gradient": [fastpath.use_cpu_dropout, fastpath.use_first_position_only,
                                       fastpath.use_resident_embedding_gradient],
+    "+ GELU recomputed in backward (saves memory)": [fastpath.use_cpu_dropout, fastpath.use_first_position_only,
+                                                     fastpath.use_resident_embedding_gradient, fastpath.use_gelu_recompute],
 }
 
 

@@ -4,7 +4,8 @@
 
 Texts: the first N/2 sentences of ../shared/data/sst2/validation.tsv and the first N/2 articles of
 ../shared/data/agnews/train.tsv (real data, short and long). Measured, alternating, ``--repeats`` times, median
-reported: pipeline(batch_size=32), pipeline one text at a time (on a subset), lightbert fp32 (and bf16 when asked).
+reported: pipeline(batch_size=32), pipeline one text at a time (on a subset), lightbert fp32 (and, when asked, bf16
+and int8 dynamic quantization, with their label agreement with fp32).
 Then whole commands (`lightbert predict --input FILE` vs a script calling pipeline on the same file), with wall
 time and peak RSS, and start-up (`lightbert predict MODEL "one text"` vs importing torch+transformers and loading
 the model). Prints a table with ratios, label agreement and the fraction of the fp32 FLOP floor reached.
@@ -83,6 +84,18 @@ def model_flops(classifier, texts: list[str]) -> float:
     return sum(2 * linear * n + 4 * layers * n * n * d for n in lengths)
 
 
+def int8_classifier(classifier):
+    """The classifier with every linear layer quantized to int8 (dynamic activations, per-channel weights)."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        classifier.model = quantize_dynamic(classifier.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    return classifier
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -107,6 +120,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", type=int, default=300, help="texts for the one-at-a-time peer")
     parser.add_argument("--bf16", action="store_true", help="also measure lightbert --precision bf16")
+    parser.add_argument("--int8", action="store_true",
+                        help="also measure int8 dynamic quantization (torch.ao, per-channel weights), a candidate not offered")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,18 +138,21 @@ def main() -> None:
     directory, model_name = model_directory(args.model, tmp)
     classify = pipeline("text-classification", model=directory, top_k=None)
     classifier = lightbert.load(directory)
-    bf16 = lightbert.load(directory).set_precision("bf16") if args.bf16 else None
+    variants = {}  # faster, lower-precision candidates, compared with lightbert fp32
+    if args.bf16:
+        variants["lightbert bf16"] = lightbert.load(directory).set_precision("bf16")
+    if args.int8:
+        variants["int8 dynamic quantization (not offered)"] = int8_classifier(lightbert.load(directory))
     single = texts[:: max(1, len(texts) // args.single)][: args.single]
 
     times: dict[str, list[float]] = {"pipeline, batch 32": [], "pipeline, one text at a time": [], "lightbert fp32": []}
-    if bf16 is not None:
-        times["lightbert bf16"] = []
+    times |= {name: [] for name in variants}
     for _ in range(args.repeats):
         times["pipeline, batch 32"].append(len(texts) / timed(lambda: classify(texts, batch_size=32, truncation=True)))
         times["pipeline, one text at a time"].append(len(single) / timed(lambda: [classify(t, truncation=True) for t in single]))
         times["lightbert fp32"].append(len(texts) / timed(lambda: classifier.predict(texts, batch_size=32)))
-        if bf16 is not None:
-            times["lightbert bf16"].append(len(texts) / timed(lambda: bf16.predict(texts, batch_size=32)))
+        for name, variant in variants.items():
+            times[name].append(len(texts) / timed(lambda: variant.predict(texts, batch_size=32)))
 
     # Agreement with the pipeline (fp32 eager) on every text.
     theirs = classify(texts, batch_size=32, truncation=True)
@@ -142,10 +160,11 @@ def main() -> None:
     agreement = sum(max(t, key=lambda r: r["score"])["label"] == o["label"] for t, o in zip(theirs, ours)) / len(texts)
     max_prob_difference = max(abs({r["label"]: r["score"] for r in t}[name] - p)
                               for t, o in zip(theirs, ours) for name, p in o["probs"].items())
-    bf16_agreement = None
-    if bf16 is not None:
-        low = bf16.predict(texts, batch_size=32)
-        bf16_agreement = sum(a["label"] == b["label"] for a, b in zip(ours, low)) / len(texts)
+    sst2_count = args.texts // 2
+    variant_agreement = {}  # with lightbert fp32: on the SST-2 sentences, and on all texts
+    for name, variant in variants.items():
+        same = [a["label"] == b["label"] for a, b in zip(ours, variant.predict(texts, batch_size=32))]
+        variant_agreement[name] = (sum(same[:sst2_count]) / sst2_count, sum(same) / len(same))
 
     peak = fp32_peak_flops()
     flops = model_flops(classifier, texts)
@@ -161,8 +180,8 @@ def main() -> None:
         results[name] = rate
         print(f"| {name} | {rate:.0f} | {rate / baseline:.2f}x | {rate * flops / len(texts) / peak:.0%} |")
     print(f"\nlightbert fp32 vs pipeline: label agreement {agreement:.2%}, max probability difference {max_prob_difference:.1e}")
-    if bf16_agreement is not None:
-        print(f"lightbert bf16 vs fp32: label agreement {bf16_agreement:.2%}")
+    for name, (on_sst2, on_all) in variant_agreement.items():
+        print(f"{name} vs lightbert fp32: label agreement {on_sst2:.2%} on the SST-2 sentences, {on_all:.2%} on all texts")
 
     # Whole commands on a file, and start-up.
     text_file = tmp / "texts.txt"
@@ -200,7 +219,7 @@ def main() -> None:
     print(f"\nstart-up ratio: {starts[names[1]] / starts[names[0]]:.2f}x the bare import + load (target <= 1.5x)")
     if args.json:
         Path(args.json).write_text(json.dumps({"in_process_texts_per_s": results, "agreement": agreement,
-                                               "max_prob_difference": max_prob_difference, "bf16_agreement": bf16_agreement,
+                                               "max_prob_difference": max_prob_difference, "variant_agreement": variant_agreement,
                                                "whole_command": whole, "startup_s": starts,
                                                "fp32_peak_gflops": peak / 1e9}, indent=2))
 

@@ -1,7 +1,7 @@
 """Reading tables of texts and labels, encoding labels, and batching them for training.
 
 The pieces, in the order data flows through them:
-``read_table`` (CSV/TSV/JSONL/Parquet -> DataFrame), ``select_columns`` (names or positions -> texts, pairs,
+``read_table`` (CSV/TSV/JSONL/Parquet -> Table), ``select_columns`` (names or positions -> texts, pairs,
 labels), ``LabelEncoder`` (raw labels -> task, label names, targets), ``TokenizedDataset`` (token ids once, up
 front), ``LengthGroupedSampler`` (seeded, resumable, length-grouped order) and ``PaddingCollator`` (pad to the
 longest in the batch). ``lightbert.datamodule.ClassificationDataModule`` ties them together for Lightning; this
@@ -11,6 +11,8 @@ module needs neither Lightning nor a model, so prediction stays quick to start.
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -64,68 +65,152 @@ def _looks_like_header(rows: list[list[str]], expected: Sequence[str] = ()) -> b
     return bool(names & wanted) or any(not _identifiers(row) for row in rows[1:])
 
 
-def read_table(path: str | Path, header: bool | None = None, expected_columns: Sequence[Any] = ()) -> pd.DataFrame:
-    """Read a CSV, TSV, JSON Lines or Parquet file into a DataFrame.
+class Table:
+    """The rows of a data file, column by column: column name -> cell values, in file order.
+
+    Headerless CSV/TSV files name their columns 0, 1, ... CSV/TSV cells are strings; JSONL and Parquet cells keep
+    their JSON/Arrow types (numbers, lists, None for null or absent).
+    """
+
+    def __init__(self, columns: dict[Any, list[Any]]) -> None:
+        self.data = columns
+
+    @property
+    def columns(self) -> list[Any]:
+        return list(self.data)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), len(self.data)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values()), []))
+
+    def __getitem__(self, column: Any) -> list[Any]:
+        return self.data[column]
+
+
+def read_table(path: str | Path, header: bool | None = None, expected_columns: Sequence[Any] = ()) -> Table:
+    """Read a CSV, TSV, JSON Lines or Parquet file whole.
 
     CSV/TSV cells are kept as strings. ``header=None`` detects whether the first row is a header: it is when every
     cell is a short identifier and no two are equal. Headerless tables get integer column names 0, 1, ...
     TSV is read without quote processing, as GLUE publishes it (quotes are part of the text).
     ``expected_columns``: column names the caller will ask for; finding one in the first row marks a header.
     """
-    if not Path(path).is_file():
-        raise LightbertError(f"data file not found: {path}", "check the path")
-    path = Path(path)
-    fmt = table_format(path)
-    try:
-        if fmt in ("csv", "tsv"):
-            options, header = csv_options(path, header, expected_columns)
-            table = pd.read_csv(path, header=0 if header else None, **options)
-        elif fmt == "jsonl":
-            table = pd.read_json(path, lines=True, dtype=False)
-        else:
-            table = pd.read_parquet(path)
-    except Exception as err:
-        raise table_error(path, fmt, err) from None
-    if len(table) == 0:
+    tables = list(iter_tables(path, header, expected_columns))
+    if not tables:
         raise LightbertError(f"data file has no rows: {path}", "give a file with at least one row")
-    return table
+    return Table({name: [v for t in tables for v in t[name]] for name in tables[0].columns}) if len(tables) > 1 else tables[0]
 
 
-def csv_options(path: Path, header: bool | None, expected_columns: Sequence[Any] = ()) -> tuple[dict[str, Any], bool]:
-    """pandas options for a CSV/TSV file, and whether it has a header row (detected when ``header`` is None)."""
+def iter_tables(path: str | Path, header: bool | None = None, expected_columns: Sequence[Any] = (),
+                chunk_size: int = 1 << 62) -> Iterator[Table]:
+    """The rows of a data file, ``chunk_size`` rows at a time (see ``read_table``), so a long file streams.
+
+    Python's own csv and json readers (and pyarrow for Parquet) rather than pandas: importing pandas costs
+    ~60 MiB of memory that training and prediction would carry to the end.
+    """
+    path = Path(path)
     if not path.is_file():
         raise LightbertError(f"data file not found: {path}", "check the path")
     fmt = table_format(path)
-    options: dict[str, Any] = {"sep": "\t" if fmt == "tsv" else ",", "dtype": str,
-                               "keep_default_na": False, "na_filter": False, "encoding": "utf-8"}
-    if fmt == "tsv":
-        options["quoting"] = csv.QUOTE_NONE
+    try:
+        if path.stat().st_size == 0:
+            raise LightbertError(f"data file is empty: {path}", "give a file with at least one row")
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=min(chunk_size, 1 << 20)):
+                yield Table({name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)})
+        else:
+            with open(path, encoding="utf-8-sig", newline="" if fmt != "jsonl" else None) as f:
+                rows = _jsonl_chunks(f, path, chunk_size) if fmt == "jsonl" else _delimited_chunks(f, path, fmt, header, expected_columns, chunk_size)
+                yield from rows
+    except LightbertError:
+        raise
+    except Exception as err:
+        raise table_error(path, fmt, err) from None
+
+
+def _csv_reader(f: Any, fmt: str) -> Iterator[list[str]]:
+    csv.field_size_limit(1 << 30)  # a long document is one cell; the default limit is 128 KiB
+    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f)
+    return (row for row in reader if row)  # blank lines are not rows
+
+
+def _delimited_chunks(f: Any, path: Path, fmt: str, header: bool | None, expected_columns: Sequence[Any],
+                      chunk_size: int) -> Iterator[Table]:
+    rows = _csv_reader(f, fmt)
+    first = list(itertools.islice(rows, 20))
+    if not first:
+        return
     if header is None:
+        header = _looks_like_header(first, [c for c in expected_columns if isinstance(c, str)])
+    names: list[Any] = _unique_names(first[0]) if header else list(range(len(first[0])))
+    rows = itertools.chain(first[1:] if header else first, rows)
+    line = 2 if header else 1
+    while chunk := list(itertools.islice(rows, chunk_size)):
+        for offset, row in enumerate(chunk):
+            if len(row) != len(names):
+                raise LightbertError(
+                    f"{path}: row {line + offset} has {len(row)} fields, {'the header' if header else 'the first row'} has {len(names)}",
+                    "check the delimiter and the quoting (TSV cells cannot hold tabs or newlines)",
+                )
+        line += len(chunk)
+        yield Table({name: [row[i] for row in chunk] for i, name in enumerate(names)})
+
+
+def _unique_names(cells: list[str]) -> list[str]:
+    # Repeated header names get .1, .2 ... as pandas names them, so every column stays reachable by name.
+    names: list[str] = []
+    for cell in cells:
+        name, n = cell, 0
+        while name in names:
+            n += 1
+            name = f"{cell}.{n}"
+        names.append(name)
+    return names
+
+
+def _jsonl_chunks(f: Any, path: Path, chunk_size: int) -> Iterator[Table]:
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(f, 1):
+        if not line.strip():
+            continue
         try:
-            first = pd.read_csv(path, header=None, nrows=20, **options)
-        except Exception as err:
-            raise table_error(path, fmt, err) from None
-        names = [c for c in expected_columns if isinstance(c, str)]
-        header = _looks_like_header([[str(c) for c in row] for row in first.itertuples(index=False)], names)
-    return options, bool(header)
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise LightbertError(f"cannot read {path} as jsonl: line {number}: {err.msg}", "write one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise LightbertError(f"{path}: line {number} is not a JSON object", 'write one object per line, like {"text": "...", "label": "..."}')
+        records.append(record)
+        if len(records) == chunk_size:
+            yield _records_table(records)
+            records = []
+    if records:
+        yield _records_table(records)
+
+
+def _records_table(records: list[dict[str, Any]]) -> Table:
+    names = list(dict.fromkeys(key for record in records for key in record))
+    return Table({name: [record.get(name) for record in records] for name in names})
 
 
 def table_error(path: Path, fmt: str, err: Exception) -> LightbertError:
-    """A reading error of pandas/pyarrow as a clear, one-line LightbertError."""
+    """A reading error of csv/json/pyarrow as a clear, one-line LightbertError."""
     if isinstance(err, LightbertError):
         return err
     if isinstance(err, UnicodeDecodeError):
-        return LightbertError(f"{path} is not valid UTF-8 text (byte {err.start})", "save the file as UTF-8")
-    if isinstance(err, pd.errors.EmptyDataError):
-        return LightbertError(f"data file is empty: {path}", "give a file with at least one row")
+        return LightbertError(f"{path} is not valid UTF-8 text (byte {err.start} of a block)", "save the file as UTF-8")
     if isinstance(err, FileNotFoundError):
         return LightbertError(f"data file not found: {path}", "check the path")
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LightbertError(f"cannot read {path} as {fmt}: {first_line[:200]}", "check the file's format")
 
 
-def resolve_column(table: pd.DataFrame, column: Column, role: str, path: str | Path) -> Any:
-    """The DataFrame column a user means by a name or a 0-based position."""
+def resolve_column(table: Table, column: Column, role: str, path: str | Path) -> Any:
+    """The table column a user means by a name or a 0-based position."""
     columns = list(table.columns)
     if isinstance(column, str) and column.isdigit() and column not in columns:
         column = int(column)
@@ -144,7 +229,7 @@ def resolve_column(table: pd.DataFrame, column: Column, role: str, path: str | P
     raise LightbertError(f"{path} has no {role} column {column!r} (columns: {shown})", f"pass --data.{role}_column")
 
 
-def _default_column(table: pd.DataFrame, candidates: Sequence[str], fallback: int | None) -> Any:
+def _default_column(table: Table, candidates: Sequence[str], fallback: int | None) -> Any:
     names = {str(c).lower(): c for c in table.columns}
     for name in candidates:
         if name in names:
@@ -155,7 +240,7 @@ def _default_column(table: pd.DataFrame, candidates: Sequence[str], fallback: in
 
 
 def select_columns(
-    table: pd.DataFrame,
+    table: Table,
     path: str | Path,
     text_column: Column = None,
     text_pair_column: Column = None,
@@ -183,7 +268,7 @@ def select_columns(
             raise LightbertError(f"{path} has no label column", "pass --data.label_column (a name or a 0-based position)")
     texts = _text_values(table[text_key], path, "text", first_row)
     pairs = _text_values(table[pair_key], path, "text_pair", first_row) if pair_key is not None else None
-    labels = table[label_key].tolist() if label_key is not None else None
+    labels = list(table[label_key]) if label_key is not None else None
     return texts, pairs, labels
 
 
@@ -195,8 +280,7 @@ def _is_missing_label(value: Any) -> bool:
     return _is_missing(value) or (isinstance(value, str) and not value.strip())
 
 
-def _text_values(series: pd.Series, path: str | Path, role: str, first_row: int = 1) -> list[str]:
-    values = series.tolist()
+def _text_values(values: list[Any], path: str | Path, role: str, first_row: int = 1) -> list[str]:
     for row, value in enumerate(values):
         if _is_missing(value):
             raise LightbertError(f"{path}: row {row + first_row} has no {role}", "fill in the text or remove the row")

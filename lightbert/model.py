@@ -21,7 +21,7 @@ from torch import nn
 
 from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state, tokenizer_files
 from lightbert.data import TASKS
-from lightbert.fastpath import use_cpu_dropout, use_first_position_only, use_resident_embedding_gradient
+from lightbert.fastpath import use_cpu_dropout, use_first_position_only, use_gelu_recompute, use_resident_embedding_gradient
 from lightbert.hf import PROBLEM_TYPES, check_model_dir, default_base_model, head_labels, label_config, label_dependent_keys, load_tokenizer
 from lightbert.errors import LightbertError
 
@@ -209,10 +209,12 @@ class SequenceClassifier(pl.LightningModule):
         self._forward_args = set(inspect.signature(self.model.forward).parameters)
         if getattr(self.model.config, "type_vocab_size", 2) <= 1:
             self._forward_args.discard("token_type_ids")  # one segment type (RoBERTa): a pair's 1s would not index
-        # The same function, faster (lightbert.fastpath): dropout drawn ~3x cheaper on CPU (other devices keep
-        # PyTorch's kernels) and the last layer's feed-forward block computed only where the head reads.
+        # The same function, faster and leaner (lightbert.fastpath): dropout drawn ~3x cheaper on CPU (other
+        # devices keep PyTorch's kernels), the last layer's feed-forward block computed only where the head reads,
+        # and each GELU output recomputed in backward rather than kept.
         use_cpu_dropout(self.model)
         use_first_position_only(self.model)
+        use_gelu_recompute(self.model)
         num_labels = self.model.config.num_labels
         self.val_metrics = build_metrics(self.task, num_labels).clone(prefix="val_")
         self.test_metrics = build_metrics(self.task, num_labels).clone(prefix="test_")

@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-import pandas as pd
-
-from lightbert.data import PaddingCollator, csv_options, select_columns, table_error, table_format
+from lightbert.data import PaddingCollator, iter_tables, select_columns
 from lightbert.errors import LightbertError
 from lightbert.fastpath import use_first_position_only
 from lightbert.safety import atomic_write
@@ -150,27 +148,12 @@ def iter_text_chunks(path: str | Path, text_column: int | str | None = None, tex
         return
     if pairs and text_pair_column is None:
         raise LightbertError("this model was trained on text pairs", "pass --text_pair_column with the column of the second text")
-    fmt = table_format(path)
     first_row = 1
-    try:
-        if fmt in ("csv", "tsv"):
-            options, header = csv_options(path, None, [text_column, text_pair_column])
-            tables: Iterable[pd.DataFrame] = pd.read_csv(path, header=0 if header else None, chunksize=chunk_size, **options)
-        elif fmt == "jsonl":
-            tables = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_size)
-        else:
-            import pyarrow.parquet as pq
-
-            tables = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size))
-        for table in tables:
-            texts, second, _ = select_columns(table, path, text_column, text_pair_column, None, require_label=False,
-                                              detect_pair=False, first_row=first_row)
-            first_row += len(texts)
-            yield texts, second
-    except LightbertError:
-        raise
-    except Exception as err:
-        raise table_error(path, fmt, err) from None
+    for table in iter_tables(path, None, [text_column, text_pair_column], chunk_size=chunk_size):
+        texts, second, _ = select_columns(table, path, text_column, text_pair_column, None, require_label=False,
+                                          detect_pair=False, first_row=first_row)
+        first_row += len(texts)
+        yield texts, second
 
 
 def _txt_chunks(path: Path, chunk_size: int) -> Iterator[TextChunk]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import sentiment_rows, write_csv, write_jsonl
@@ -57,7 +58,7 @@ def test_csv_jsonl_and_parquet_read_the_same_rows(tmp_path):
     rows = [("a good film", "1"), ("a bad film", "0")]
     csv_table = read_table(write_csv(tmp_path / "d.csv", ["text", "label"], rows))
     jsonl_table = read_table(write_jsonl(tmp_path / "d.jsonl", [{"text": t, "label": int(l)} for t, l in rows]))
-    pd.DataFrame({"text": [t for t, _ in rows], "label": [int(l) for _, l in rows]}).to_parquet(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [int(l) for _, l in rows]}), tmp_path / "d.parquet")
     parquet_table = read_table(tmp_path / "d.parquet")
     for table in (csv_table, jsonl_table, parquet_table):
         texts, _, labels = select_columns(table, "d")
@@ -103,6 +104,53 @@ def test_unsupported_suffix_and_missing_file_are_clear_errors(tmp_path):
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(LightbertError, match="unsupported data file type"):
         read_table(tmp_path / "d.xlsx")
+
+
+def test_a_row_with_the_wrong_number_of_fields_names_its_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\ngood,1\nbad,0,extra\n", encoding="utf-8")
+    with pytest.raises(LightbertError, match="row 3 has 3 fields, the header has 2"):
+        read_table(path)
+
+
+def test_a_jsonl_line_that_is_not_an_object_names_its_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "good", "label": 1}\n\n["bad", 0]\n', encoding="utf-8")
+    with pytest.raises(LightbertError, match="line 3 is not a JSON object"):
+        read_table(path)
+    path.write_text('{"text": "good", "label": 1}\n{"text": "bad", \n', encoding="utf-8")
+    with pytest.raises(LightbertError, match="as jsonl: line 2"):
+        read_table(path)
+
+
+def test_jsonl_keys_missing_from_some_lines_read_as_missing(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "good", "label": 1}, {"label": 0}])
+    with pytest.raises(LightbertError, match="row 2 has no text"):
+        select_columns(read_table(path), path)
+
+
+def test_byte_order_mark_blank_lines_and_long_cells_are_read(tmp_path):
+    long_text = "word " * 60_000  # 300 kB, past the csv module's default 128 kB field limit
+    path = tmp_path / "d.csv"
+    path.write_text(f"\ufefftext,label\n\n{long_text},1\nshort,0\n\n", encoding="utf-8")
+    table = read_table(path)
+    assert table.columns == ["text", "label"]
+    assert table["text"] == [long_text, "short"]
+
+
+def test_repeated_header_names_stay_reachable(tmp_path):
+    path = write_csv(tmp_path / "d.csv", ["text", "text", "label"], [("a", "b", "1")])
+    assert read_table(path, header=True).columns == ["text", "text.1", "label"]
+
+
+def test_reading_data_does_not_import_pandas():
+    # pandas costs ~60 MiB of resident memory for the whole run; the readers use csv, json and pyarrow instead.
+    import subprocess
+    import sys
+
+    code = ("import sys, lightbert.data, lightbert.datamodule, lightbert.predict;"
+            "sys.exit('pandas' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # -- tasks and labels ---------------------------------------------------------------------------------------------------

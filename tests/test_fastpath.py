@@ -14,9 +14,11 @@ from lightbert.fastpath import (
     CpuDropout,
     drop_threshold,
     dropout,
+    GeluThenLinear,
     keep_mask,
     use_cpu_dropout,
     use_first_position_only,
+    use_gelu_recompute,
     use_resident_embedding_gradient,
 )
 
@@ -40,6 +42,7 @@ FAST_PATHS = {
     "cpu_dropout": use_cpu_dropout,
     "first_position_only": use_first_position_only,
     "resident_embedding_gradient": use_resident_embedding_gradient,
+    "gelu_recompute": use_gelu_recompute,
 }
 
 
@@ -76,6 +79,7 @@ def test_switched_model_in_eval_mode_is_bitwise_the_original(tiny_bert):
     plain = classifier(tiny_bert).eval()
     switched = copy.deepcopy(plain)
     use_cpu_dropout(switched)
+    use_gelu_recompute(switched)
     inputs, _ = padded_batch(tiny_bert)
     with torch.inference_mode():
         assert torch.equal(switched(**inputs).logits, plain(**inputs).logits)
@@ -85,6 +89,7 @@ def test_switching_keeps_the_state_dict_and_the_saved_config(tiny_bert):
     plain = classifier(tiny_bert)
     switched = copy.deepcopy(plain)
     use_cpu_dropout(switched)
+    use_gelu_recompute(switched)
     assert switched.state_dict().keys() == plain.state_dict().keys()
     assert switched.config.to_json_string() == plain.config.to_json_string()
     assert all(type(m) is not nn.Dropout for m in switched.modules())
@@ -126,6 +131,24 @@ def test_gradient_flows_only_through_kept_elements_with_the_same_scale():
     torch.testing.assert_close(x.grad, (y != 0).float() * scale)
 
 
+def test_attention_dropout_times_values_has_the_gradients_of_dropout_then_matmul():
+    # The fused attention step recomputes the dropped probabilities in backward instead of keeping them.
+    from lightbert.fastpath import _DroppedProbabilitiesTimesValues
+
+    probs = torch.softmax(torch.randn(2, 3, 7, 7), -1).requires_grad_()
+    value = torch.randn(2, 3, 7, 5, requires_grad=True)
+    out_grad = torch.randn(2, 3, 7, 5)
+    torch.manual_seed(3)
+    fused = _DroppedProbabilitiesTimesValues.apply(probs, value, 0.3)
+    fused_grads = torch.autograd.grad(fused, (probs, value), out_grad)
+    torch.manual_seed(3)  # the same mask
+    plain = torch.matmul(dropout(probs, 0.3), value)
+    plain_grads = torch.autograd.grad(plain, (probs, value), out_grad)
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
+    for actual, expected in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+
+
 def test_masks_follow_torch_manual_seed():
     torch.manual_seed(7)
     first = keep_mask(torch.Size([64, 64]), 0.1)
@@ -160,6 +183,37 @@ def test_first_position_only_is_applied_once(tiny_bert):
     assert use_first_position_only(model) and use_first_position_only(model)
     inputs, _ = padded_batch(tiny_bert)
     assert model.base_model(**inputs).last_hidden_state.shape[1] == 1
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "relu", "gelu_python"])
+def test_gelu_recompute_leaves_other_activations_alone(tiny_bert, activation):
+    model = classifier(tiny_bert, hidden_act=activation)
+    assert use_gelu_recompute(model) == 0
+    assert not any(isinstance(m, GeluThenLinear) for m in model.modules())
+
+
+def test_gelu_recompute_keeps_the_gelu_input_only(tiny_bert):
+    # One saved tensor fewer per feed-forward block: the GELU output is not kept for the backward pass.
+    def saved_elements(model):
+        inputs, labels = padded_batch(tiny_bert)
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**inputs, labels=labels)
+        return total
+
+    plain = classifier(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    switched = copy.deepcopy(plain)
+    use_gelu_recompute(switched)
+    inputs, _ = padded_batch(tiny_bert)
+    batch, length = inputs["input_ids"].shape
+    layers, intermediate = plain.config.num_hidden_layers, plain.config.intermediate_size
+    assert saved_elements(plain) - saved_elements(switched) == layers * batch * length * intermediate
 
 
 def test_resident_embedding_gradient_reuses_one_buffer_and_skips_the_padding_row(tiny_bert):

@@ -140,12 +140,13 @@ def test_labels_reach_the_hf_config(tiny_bert, tmp_path):
 
 
 def test_training_on_cpu_uses_every_fast_path(tiny_bert, sentiment_files):
-    from lightbert.fastpath import ATTENTION_NAME, CpuDropout, ResidentGradientEmbedding
+    from lightbert.fastpath import ATTENTION_NAME, CpuDropout, GeluThenLinear, ResidentGradientEmbedding
 
     model, _ = fit(tiny_bert, *sentiment_files)
     hf = model.model
     assert all(type(m) is CpuDropout for m in hf.modules() if isinstance(m, nn.Dropout))
     assert hf.config._attn_implementation == ATTENTION_NAME
+    assert sum(isinstance(m, GeluThenLinear) for m in hf.modules()) == hf.config.num_hidden_layers
     embedding = hf.get_input_embeddings()
     assert isinstance(embedding, ResidentGradientEmbedding) and embedding.resident_grad is not None
     ids = model.tokenizer(["a good film"], return_tensors="pt")["input_ids"]

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import lightning.pytorch as pl
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import quiet_trainer, sentiment_rows, write_csv, write_jsonl
@@ -119,7 +120,7 @@ def test_predict_command_labels_texts_given_as_arguments(single_label, classifie
 def test_predict_command_reads_text_files_and_tables_and_writes_output(single_label, classifier, tmp_path):
     (tmp_path / "in.txt").write_text("a good film\n\nbad\n", encoding="utf-8")
     write_csv(tmp_path / "in.csv", ["id", "review"], [("1", "a good film"), ("2", ""), ("3", "bad")])
-    pd.DataFrame({"review": ["a good film", "", "bad"]}).to_parquet(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"review": ["a good film", "", "bad"]}), tmp_path / "in.parquet")
     expected = classifier.predict(["a good film", "", "bad"])
     for source, extra in (("in.txt", []), ("in.csv", ["--text_column", "review"]), ("in.parquet", ["--text_column", "0"])):
         out = tmp_path / f"{source}.jsonl"

@@ -7,7 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import sentiment_rows, write_csv
 from hypothesis import HealthCheck, given, settings
@@ -75,7 +76,7 @@ def test_jsonl_round_trips(rows):
 def test_parquet_round_trips(rows):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.parquet"
-        pd.DataFrame({"text": [t for t, _ in rows], "label": [l for _, l in rows]}).to_parquet(path)
+        pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [l for _, l in rows]}), path)
         round_trip(path, rows)
 
 
