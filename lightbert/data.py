@@ -149,15 +149,15 @@ def _delimited_chunks(f: Any, path: Path, fmt: str, header: bool | None, expecte
         header = _looks_like_header(first, [c for c in expected_columns if isinstance(c, str)])
     names: list[Any] = _unique_names(first[0]) if header else list(range(len(first[0])))
     rows = itertools.chain(first[1:] if header else first, rows)
-    line = 2 if header else 1
+    row_number = 1  # data rows, counted as in the other errors about rows (the header is not a row)
     while chunk := list(itertools.islice(rows, chunk_size)):
         for offset, row in enumerate(chunk):
             if len(row) != len(names):
                 raise LightbertError(
-                    f"{path}: row {line + offset} has {len(row)} fields, {'the header' if header else 'the first row'} has {len(names)}",
+                    f"{path}: row {row_number + offset} has {len(row)} fields, {'the header' if header else 'the first row'} has {len(names)}",
                     "check the delimiter and the quoting (TSV cells cannot hold tabs or newlines)",
                 )
-        line += len(chunk)
+        row_number += len(chunk)
         yield Table({name: [row[i] for row in chunk] for i, name in enumerate(names)})
 
 

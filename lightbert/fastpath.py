@@ -23,8 +23,8 @@ rounding (the matrix products of the first row do not depend on the other rows).
 
 GELU recomputed in backward. A feed-forward block keeps both the input and the output of its GELU for the
 backward pass (batch x length x 4 hidden floats each). ``use_gelu_recompute(model)`` folds the GELU into the
-following linear layer, which keeps the GELU input only and recomputes its output in backward: about 60 MB less
-at MiniLM's peak (batch 32, 66 tokens) for about 1% more time.
+following linear layer, which keeps the GELU input only and recomputes its output in backward: 13 MB less a layer
+for MiniLM at batch 32 and 66 tokens, for 1-2% more time (benchmarks/fastpath.py).
 
 Resident embedding gradient. The word-embedding gradient (vocabulary x hidden, 47 MB for MiniLM) is a fresh
 allocation at every backward pass, and on Linux a fresh allocation that large means page faults on first touch:

@@ -109,7 +109,7 @@ def test_unsupported_suffix_and_missing_file_are_clear_errors(tmp_path):
 def test_a_row_with_the_wrong_number_of_fields_names_its_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\ngood,1\nbad,0,extra\n", encoding="utf-8")
-    with pytest.raises(LightbertError, match="row 3 has 3 fields, the header has 2"):
+    with pytest.raises(LightbertError, match="row 2 has 3 fields, the header has 2"):
         read_table(path)
 
 
