@@ -125,8 +125,10 @@ def iter_tables(path: str | Path, header: bool | None = None, expected_columns: 
                 yield Table({name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)})
         else:
             with open(path, encoding="utf-8-sig", newline="" if fmt != "jsonl" else None) as f:
-                rows = _jsonl_chunks(f, path, chunk_size) if fmt == "jsonl" else _delimited_chunks(f, path, fmt, header, expected_columns, chunk_size)
-                yield from rows
+                if fmt == "jsonl":
+                    yield from _jsonl_chunks(f, path, chunk_size)
+                else:
+                    yield from _delimited_chunks(f, path, fmt, header, expected_columns, chunk_size)
     except LightbertError:
         raise
     except Exception as err:

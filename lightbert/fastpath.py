@@ -59,19 +59,27 @@ def keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = N
     return uniforms >= drop_threshold(p) - (_RESOLUTION // 2)
 
 
+def _keep_scale(p: float) -> float:
+    """What kept elements are multiplied by: the inverse of the actual keep rate."""
+    return 1.0 / (1.0 - drop_threshold(p) / _RESOLUTION)
+
+
+def _masked(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.where(keep, x * scale, 0.0)
+
+
 class _CpuDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
         keep = keep_mask(x.shape, p)
-        scale = 1.0 / (1.0 - drop_threshold(p) / _RESOLUTION)
         ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return torch.where(keep, x * scale, 0.0)
+        ctx.scale = _keep_scale(p)
+        return _masked(x, keep, ctx.scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0), None
+        return _masked(grad, keep, ctx.scale), None
 
 
 class _DroppedProbabilitiesTimesValues(torch.autograd.Function):
@@ -82,17 +90,15 @@ class _DroppedProbabilitiesTimesValues(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, probs: torch.Tensor, value: torch.Tensor, p: float) -> torch.Tensor:
         keep = keep_mask(probs.shape, p)
-        scale = 1.0 / (1.0 - drop_threshold(p) / _RESOLUTION)
         ctx.save_for_backward(probs, keep, value)
-        ctx.scale = scale
-        return torch.matmul(torch.where(keep, probs * scale, 0.0), value)
+        ctx.scale = _keep_scale(p)
+        return torch.matmul(_masked(probs, keep, ctx.scale), value)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         probs, keep, value = ctx.saved_tensors
-        dropped = torch.where(keep, probs * ctx.scale, 0.0)
-        grad_value = torch.matmul(dropped.transpose(-2, -1), grad)
-        grad_probs = torch.where(keep, torch.matmul(grad, value.transpose(-2, -1)) * ctx.scale, 0.0)
+        grad_value = torch.matmul(_masked(probs, keep, ctx.scale).transpose(-2, -1), grad)
+        grad_probs = _masked(torch.matmul(grad, value.transpose(-2, -1)), keep, ctx.scale)
         return grad_probs, grad_value, None
 
 
@@ -237,11 +243,12 @@ class _GeluThenLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         pre, weight = ctx.saved_tensors
         grad_pre = grad_weight = grad_bias = None
+        rows = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
-            activated = nn.functional.gelu(pre)  # recomputed: ~1% of a step, instead of keeping it
-            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ activated.reshape(-1, activated.shape[-1])
+            activated = nn.functional.gelu(pre)  # recomputed, instead of kept since the forward pass
+            grad_weight = rows.t() @ activated.reshape(-1, activated.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+            grad_bias = rows.sum(0)
         if ctx.needs_input_grad[0]:
             grad_pre = torch.ops.aten.gelu_backward(torch.matmul(grad, weight), pre)
         return grad_pre, grad_weight, grad_bias

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lightbert.data import PaddingCollator, iter_tables, select_columns
+from lightbert.data import PaddingCollator, iter_tables, select_columns, table_error
 from lightbert.errors import LightbertError
 from lightbert.fastpath import use_first_position_only
 from lightbert.safety import atomic_write
@@ -166,7 +166,7 @@ def _txt_chunks(path: Path, chunk_size: int) -> Iterator[TextChunk]:
                     yield chunk, None
                     chunk = []
     except UnicodeDecodeError as err:
-        raise LightbertError(f"{path} is not valid UTF-8 text (byte {err.start} of a block)", "save the file as UTF-8") from None
+        raise table_error(path, "text", err) from None
     if chunk:
         yield chunk, None
 

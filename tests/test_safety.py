@@ -160,6 +160,10 @@ def bad_inputs(tmp_path_factory, checkpoint, tiny_bert):
     files["nan"] = write_csv(tmp / "nan.csv", ["text", "score"], [("good", "1.5"), ("bad", "nan"), ("ok", "2.5")])
     files["mixed"] = write_csv(tmp / "mixed.csv", ["text", "label"], [("good", "1"), ("bad", "negative")])
     files["three"] = write_csv(tmp / "three.csv", ["text", "label"], [(t, ["a", "b", "c"][i % 3]) for i, (t, _) in enumerate(sentiment_rows(12))])
+    files["ragged"] = tmp / "ragged.csv"
+    files["ragged"].write_text("text,label\ngood,1\nbad,0,extra\n", encoding="utf-8")
+    files["not_json"] = tmp / "not_json.jsonl"
+    files["not_json"].write_text('{"text": "good", "label": 1}\n{"text": "bad",\n', encoding="utf-8")
     files["existing"] = tmp / "existing.jsonl"
     files["existing"].write_text("precious\n")
     return files
@@ -176,6 +180,8 @@ CASES = {
     "missing text column": (["fit", "--data.train={no_text}", "--data.validation={no_text}", "--data.text_column=text"], ["no text column 'text'"]),
     "empty data file": (["fit", "--data.train={empty}", "--data.validation={train}"], ["data file is empty"]),
     "not utf-8": (["fit", "--data.train={latin1}", "--data.validation={train}"], ["is not valid UTF-8"]),
+    "row with too many fields": (["fit", "--data.train={ragged}", "--data.validation={train}"], ["row 2 has 3 fields", "check the delimiter"]),
+    "jsonl line not json": (["predict", "{hf}", "--input", "{not_json}"], ["as jsonl: line 2", "one JSON object per line"]),
     "unseen validation label": (["fit", "--data.train={train}", "--data.validation={unseen}"], ["labels the model does not know: 2"]),
     "nan regression target": (["fit", "--data.train={nan}", "--data.validation={nan}"], ["row 2 has regression target 'nan'"]),
     "mixed label types": (["fit", "--data.train={mixed}", "--data.validation={mixed}"], ["mixes numeric and text labels"]),
