@@ -6,7 +6,8 @@ Kernels first: PyTorch's dropout vs lightbert's on a 32 x 20 x 384 activation, a
 gradient (torch.zeros) vs zeroing a resident one. Then training steps (forward, backward, fused AdamW) of the
 bundled all-MiniLM-L6-v2 on SST-2 batches of 32 grouped by length like the Trainer's group_by_length, for the
 plain HF model and with the fast paths added one by one; the models take the same batches in alternating order,
-so the machine's drift hits them alike.
+so the machine's drift hits them alike. ``--compile`` adds the plain model under ``torch.compile`` (inductor,
+dynamic shapes), a candidate lightbert does not use, with the time its first step takes to compile.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CONFIGS = {
     "+ GELU recomputed in backward (saves memory)": [fastpath.use_cpu_dropout, fastpath.use_first_position_only,
                                                      fastpath.use_resident_embedding_gradient, fastpath.use_gelu_recompute],
 }
+COMPILED = "plain HF model, torch.compile (not used)"
 
 
 def milliseconds(function, repeats: int = 50) -> float:
@@ -65,6 +67,7 @@ def batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--compile", action="store_true", help="also measure the plain model under torch.compile (not used)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -90,7 +93,11 @@ def main() -> None:
         for switch in switches:
             switch(model)
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True))
+    if args.compile:
+        model = copy.deepcopy(plain).train()
+        runs[COMPILED] = (torch.compile(model, dynamic=True), torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True))
     seconds = dict.fromkeys(runs, 0.0)
+    first_step = {}
     for step, batch in enumerate(data):
         for name in (list(runs) if step % 2 == 0 else list(reversed(runs))):
             model, optimizer = runs[name]
@@ -98,8 +105,10 @@ def main() -> None:
             model(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step >= 2:  # the first steps allocate optimizer state
+            if step >= 2:  # the first steps allocate optimizer state (and compile)
                 seconds[name] += time.perf_counter() - start
+            elif step == 0:
+                first_step[name] = time.perf_counter() - start
     samples = sum(len(b["labels"]) for b in data[2:])
     first = samples / seconds["plain HF model"]
     print(f"\n{args.steps} training steps of MiniLM, batch 32, SST-2, fp32, dropout on, {torch.get_num_threads()} threads\n")
@@ -107,6 +116,8 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for name, total in seconds.items():
         print(f"| {name} | {samples / total:.1f} | {samples / total / first:.2f}x |")
+    if args.compile:
+        print(f"\ntorch.compile's first step (compiling): {first_step[COMPILED]:.1f} s, against {first_step['plain HF model']:.2f} s eager")
 
 
 if __name__ == "__main__":

@@ -2,29 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
 # A child forked from a large process would report that process's RSS as its peak (the high-water mark survives
-# fork and exec), so children are started by a small launcher process and measured there.
+# fork and exec), so children are started by a small launcher process and measured there. A thread samples the
+# child's high-water mark (VmHWM) as it runs, so a caller can see when the peak was reached.
 LAUNCHER = textwrap.dedent("""
-    import os, subprocess, sys, time
+    import json, os, subprocess, sys, threading, time
     start = time.perf_counter()
     child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    trace, done = [], threading.Event()
+    def sample():
+        while not done.wait(0.25):
+            try:
+                with open(f"/proc/{child.pid}/status") as f:
+                    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+                trace.append((time.perf_counter() - start, hwm / 1024))
+            except (OSError, StopIteration):
+                pass
+    threading.Thread(target=sample, daemon=True).start()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
+    done.set()
     code = os.waitstatus_to_exitcode(status)
     if code:
         sys.stderr.write(child.stderr.read().decode()[-3000:])
-    print(wall, usage.ru_maxrss / 1024, code)
+    print(json.dumps({"wall": wall, "rss": usage.ru_maxrss / 1024, "code": code, "trace": trace}))
 """)
+
+
+def run_child_traced(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, list[tuple[float, float]]]:
+    """Wall seconds, peak RSS (MiB) and the peak so far sampled every 0.25 s as (seconds, MiB) pairs, of a
+    command; exits with its stderr if it fails."""
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env)
+    outcome = json.loads(result.stdout)
+    if outcome["code"] != 0:
+        sys.exit(f"{command} failed: {result.stderr}")
+    return outcome["wall"], outcome["rss"], [tuple(point) for point in outcome["trace"]]
 
 
 def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of a command; exits with its stderr if it fails."""
-    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env)
-    wall, rss, code = result.stdout.split()
-    if int(code) != 0:
-        sys.exit(f"{command} failed: {result.stderr}")
-    return float(wall), float(rss)
+    wall, rss, _ = run_child_traced(command, env)
+    return wall, rss
+
+
+def peak_by(trace: list[tuple[float, float]], seconds: float) -> float:
+    """The peak RSS (MiB) a trace had reached ``seconds`` into the run (0 if not sampled by then)."""
+    return max((rss for at, rss in trace if at <= seconds), default=0.0)

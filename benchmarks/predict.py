@@ -5,7 +5,7 @@
 Texts: the first N/2 sentences of ../shared/data/sst2/validation.tsv and the first N/2 articles of
 ../shared/data/agnews/train.tsv (real data, short and long). Measured, alternating, ``--repeats`` times, median
 reported: pipeline(batch_size=32), pipeline one text at a time (on a subset), lightbert fp32 (and, when asked, bf16
-and int8 dynamic quantization, with their label agreement with fp32).
+and int8 dynamic quantization, or ONNX Runtime fp32 and int8, with their label agreement with fp32).
 Then whole commands (`lightbert predict --input FILE` vs a script calling pipeline on the same file), with wall
 time and peak RSS, and start-up (`lightbert predict MODEL "one text"` vs importing torch+transformers and loading
 the model). Prints a table with ratios, label agreement and the fraction of the fp32 FLOP floor reached.
@@ -23,6 +23,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -96,6 +97,54 @@ def int8_classifier(classifier):
     return classifier
 
 
+class OnnxRuntimeModel(torch.nn.Module):
+    """An ONNX Runtime session behind the HF model interface the Classifier calls (config, forward -> .logits)."""
+
+    def __init__(self, session, config) -> None:
+        super().__init__()
+        self.session, self.config = session, config
+        self.inputs = {i.name for i in session.get_inputs()}
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        outputs = self.session.run(None, {k: v.numpy() for k, v in feed.items() if k in self.inputs and v is not None})
+        return SimpleNamespace(logits=torch.from_numpy(outputs[0]))
+
+
+def onnxruntime_classifier(directory: str, tmp: Path, quantize: bool):
+    """The classifier run by ONNX Runtime: the HF model exported to ONNX, its attention, LayerNorm and GELU fused
+    by ORT's transformer optimizer, and with ``quantize`` its matrix products in int8 (dynamic, per-channel)."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+    from transformers import AutoModelForSequenceClassification
+
+    import lightbert
+
+    fused = tmp / "model-fused.onnx"
+    if not fused.exists():
+        model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.type_vocab_size > 1 else [])
+        example = {name: torch.ones(2, 16, dtype=torch.long) for name in names}
+        torch.onnx.export(model, (), tmp / "model.onnx", kwargs=example, input_names=names, output_names=["logits"],
+                          dynamic_axes={name: {0: "batch", 1: "length"} for name in names}, dynamo=False, opset_version=17)
+        optimizer.optimize_model(str(tmp / "model.onnx"), model_type="bert", num_heads=model.config.num_attention_heads,
+                                 hidden_size=model.config.hidden_size).save_model_to_file(str(fused))
+    path = fused
+    if quantize:
+        path = tmp / "model-int8.onnx"
+        quantize_dynamic(fused, path, weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # the fused ops carry no type
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    classifier = lightbert.load(directory)
+    classifier.model = OnnxRuntimeModel(session, classifier.model.config)
+    classifier._forward_args = {"input_ids", "attention_mask", "token_type_ids"}
+    return classifier
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -122,6 +171,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also measure lightbert --precision bf16")
     parser.add_argument("--int8", action="store_true",
                         help="also measure int8 dynamic quantization (torch.ao, per-channel weights), a candidate not offered")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="also measure ONNX Runtime fp32 and int8 (fused graph; pip install onnx onnxruntime), candidates not offered")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,6 +194,9 @@ def main() -> None:
         variants["lightbert bf16"] = lightbert.load(directory).set_precision("bf16")
     if args.int8:
         variants["int8 dynamic quantization (not offered)"] = int8_classifier(lightbert.load(directory))
+    if args.onnxruntime:
+        variants["ONNX Runtime fp32 (not offered)"] = onnxruntime_classifier(directory, tmp, quantize=False)
+        variants["ONNX Runtime int8 (not offered)"] = onnxruntime_classifier(directory, tmp, quantize=True)
     single = texts[:: max(1, len(texts) // args.single)][: args.single]
 
     times: dict[str, list[float]] = {"pipeline, batch 32": [], "pipeline, one text at a time": [], "lightbert fp32": []}
