@@ -105,9 +105,8 @@ class OnnxRuntimeModel(torch.nn.Module):
         self.session, self.config = session, config
         self.inputs = {i.name for i in session.get_inputs()}
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        outputs = self.session.run(None, {k: v.numpy() for k, v in feed.items() if k in self.inputs and v is not None})
+    def forward(self, **inputs):
+        outputs = self.session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
         return SimpleNamespace(logits=torch.from_numpy(outputs[0]))
 
 
@@ -141,7 +140,7 @@ def onnxruntime_classifier(directory: str, tmp: Path, quantize: bool):
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     classifier = lightbert.load(directory)
     classifier.model = OnnxRuntimeModel(session, classifier.model.config)
-    classifier._forward_args = {"input_ids", "attention_mask", "token_type_ids"}
+    classifier._forward_args = classifier.model.inputs  # the Classifier passes only what the graph takes
     return classifier
 
 
