@@ -4,8 +4,9 @@
 
 Texts: the first N/2 sentences of ../shared/data/sst2/validation.tsv and the first N/2 articles of
 ../shared/data/agnews/train.tsv (real data, short and long). Measured, alternating, ``--repeats`` times, median
-reported: pipeline(batch_size=32), pipeline one text at a time (on a subset), lightbert fp32 (and, when asked, bf16
-and int8 dynamic quantization, or ONNX Runtime fp32 and int8, with their label agreement with fp32).
+reported: pipeline(batch_size=32), pipeline one text at a time (on a subset), lightbert fp32 (and, when asked,
+lightbert bf16 or int8 with plain torch.ao int8 beside it, or ONNX Runtime fp32 and int8, with their label agreement
+with fp32).
 Then whole commands (`lightbert predict --input FILE` vs a script calling pipeline on the same file), with wall
 time and peak RSS, and start-up (`lightbert predict MODEL "one text"` vs importing torch+transformers and loading
 the model). Prints a table with ratios, label agreement and the fraction of the fp32 FLOP floor reached.
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300, help="texts for the one-at-a-time peer")
     parser.add_argument("--bf16", action="store_true", help="also measure lightbert --precision bf16")
     parser.add_argument("--int8", action="store_true",
-                        help="also measure int8 dynamic quantization (torch.ao, per-channel weights), a candidate not offered")
+                        help="also measure lightbert --precision int8 and, beside it, plain torch.ao dynamic quantization of every linear layer (not offered)")
     parser.add_argument("--onnxruntime", action="store_true",
                         help="also measure ONNX Runtime fp32 and int8 (fused graph; pip install onnx onnxruntime), candidates not offered")
     parser.add_argument("--json", help="write the results here too")
@@ -192,7 +193,8 @@ def main() -> None:
     if args.bf16:
         variants["lightbert bf16"] = lightbert.load(directory).set_precision("bf16")
     if args.int8:
-        variants["int8 dynamic quantization (not offered)"] = int8_classifier(lightbert.load(directory))
+        variants["lightbert int8"] = lightbert.load(directory).set_precision("int8")
+        variants["int8, plain torch.ao, every linear (not offered)"] = int8_classifier(lightbert.load(directory))
     if args.onnxruntime:
         variants["ONNX Runtime fp32 (not offered)"] = onnxruntime_classifier(directory, tmp, quantize=False)
         variants["ONNX Runtime int8 (not offered)"] = onnxruntime_classifier(directory, tmp, quantize=True)
@@ -214,10 +216,12 @@ def main() -> None:
     max_prob_difference = max(abs({r["label"]: r["score"] for r in t}[name] - p)
                               for t, o in zip(theirs, ours) for name, p in o["probs"].items())
     sst2_count = args.texts // 2
-    variant_agreement = {}  # with lightbert fp32: on the SST-2 sentences, and on all texts
+    variant_agreement = {}  # with lightbert fp32: on the SST-2 sentences, on all texts, largest probability difference
     for name, variant in variants.items():
-        same = [a["label"] == b["label"] for a, b in zip(ours, variant.predict(texts, batch_size=32))]
-        variant_agreement[name] = (sum(same[:sst2_count]) / sst2_count, sum(same) / len(same))
+        predicted = variant.predict(texts, batch_size=32)
+        same = [a["label"] == b["label"] for a, b in zip(ours, predicted)]
+        difference = max(abs(a["probs"][label] - b["probs"][label]) for a, b in zip(ours, predicted) for label in a["probs"])
+        variant_agreement[name] = (sum(same[:sst2_count]) / sst2_count, sum(same) / len(same), difference)
 
     peak = fp32_peak_flops()
     flops = model_flops(classifier, texts)
@@ -233,8 +237,9 @@ def main() -> None:
         results[name] = rate
         print(f"| {name} | {rate:.0f} | {rate / baseline:.2f}x | {rate * flops / len(texts) / peak:.0%} |")
     print(f"\nlightbert fp32 vs pipeline: label agreement {agreement:.2%}, max probability difference {max_prob_difference:.1e}")
-    for name, (on_sst2, on_all) in variant_agreement.items():
-        print(f"{name} vs lightbert fp32: label agreement {on_sst2:.2%} on the SST-2 sentences, {on_all:.2%} on all texts")
+    for name, (on_sst2, on_all, difference) in variant_agreement.items():
+        print(f"{name} vs lightbert fp32: label agreement {on_sst2:.2%} on the SST-2 sentences, {on_all:.2%} on all texts,"
+              f" max probability difference {difference:.1e}")
 
     # Whole commands on a file, and start-up.
     text_file = tmp / "texts.txt"

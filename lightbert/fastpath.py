@@ -202,14 +202,22 @@ def _first_position(module: nn.Module, args: Any, output: Any) -> Any:
     return output[:, :1]
 
 
+def encoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer layers of a BERT-family model (BERT, RoBERTa, ELECTRA, DistilBERT), if the layout is known."""
+    base = getattr(model, "base_model", None)
+    for container in ("encoder", "transformer"):  # BERT, RoBERTa, ELECTRA / DistilBERT
+        layers = getattr(getattr(base, container, None), "layer", None)
+        if isinstance(layers, nn.ModuleList) and len(layers):
+            return layers
+    return None
+
+
 def _last_attention_block(model: nn.Module) -> nn.Module | None:
     """The module whose output feeds the last layer's feed-forward block (and its residual), if the layout is known."""
-    base = getattr(model, "base_model", None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is not None and len(layers) and all(hasattr(layers[-1], a) for a in ("attention", "intermediate", "output")):
+    layers = encoder_layers(model)
+    if layers is not None and all(hasattr(layers[-1], a) for a in ("attention", "intermediate", "output")):
         return layers[-1].attention  # BERT, RoBERTa, ELECTRA: BertLayer feeds attention output to the FFN and residual
-    layers = getattr(getattr(base, "transformer", None), "layer", None)
-    if layers is not None and len(layers) and all(hasattr(layers[-1], a) for a in ("sa_layer_norm", "ffn")):
+    if layers is not None and all(hasattr(layers[-1], a) for a in ("sa_layer_norm", "ffn")):
         return layers[-1].sa_layer_norm  # DistilBERT: the normalised attention output feeds the FFN and residual
     return None
 

@@ -18,6 +18,7 @@ from conftest import quiet_trainer, sentiment_rows, write_csv, write_jsonl
 from lightbert import load
 from lightbert.callbacks import Checkpointing
 from lightbert.datamodule import ClassificationDataModule
+from lightbert.errors import LightbertError
 from lightbert.model import SequenceClassifier
 
 TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb " * 30, "  ", "great", "cold\tgrim\nweak"]
@@ -159,7 +160,6 @@ def test_predict_command_on_pairs_needs_the_second_column(tmp_path, tiny_bert):
 
 
 def test_files_stream_in_chunks_in_order_with_true_row_numbers(tmp_path):
-    from lightbert.errors import LightbertError
     from lightbert.predict import iter_text_chunks
 
     rows = [(f"text {i}", "x") for i in range(10)]
@@ -178,6 +178,32 @@ def test_bf16_precision_computes_the_same_function_within_tolerance(single_label
     bf16.set_precision("bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     assert torch.allclose(bf16.logits(TEXTS), fp32.logits(TEXTS), atol=5e-2)
+
+
+def test_int8_predicts_the_same_labels_as_fp32_with_close_probabilities(single_label):
+    fp32 = load(single_label)
+    int8 = load(single_label).set_precision("int8")
+    ours, theirs = fp32.predict(TEXTS), int8.predict(TEXTS)
+    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
+    assert max(abs(a["score"] - b["probs"][a["label"]]) for a, b in zip(ours, theirs)) < 0.02
+
+
+def test_int8_is_one_way_and_idempotent(single_label):
+    classifier = load(single_label).set_precision("int8")
+    assert classifier.set_precision("int8").precision == "int8"
+    with pytest.raises(LightbertError, match="already quantized to int8"):
+        classifier.set_precision("fp32")
+
+
+def test_unknown_precision_names_the_choices(single_label):
+    with pytest.raises(LightbertError, match="unknown precision 'int4'.*fp32, bf16 or int8"):
+        load(single_label).set_precision("int4")
+
+
+def test_predict_command_runs_in_int8(single_label):
+    result = cli("predict", str(single_label), "a good film", "bad", "--precision", "int8")
+    assert result.returncode == 0, result.stderr
+    assert [r["label"] for r in jsonl(result.stdout)] == [r["label"] for r in load(single_label).predict(["a good film", "bad"])]
 
 
 def test_classifier_runs_the_last_layer_for_the_first_position_only(classifier):
