@@ -62,7 +62,7 @@ class Classifier:
     def set_precision(self, precision: str) -> Classifier:
         """``fp32`` (default, exact), ``bf16`` (weights in bfloat16: about twice as fast on GPUs and CPUs with
         AMX/AVX512-BF16, much slower on CPUs without them) or ``int8`` (CPUs: int8 matrix products on smoothed inputs,
-        ``lightbert.quantize``; labels agree with fp32 on over 99.5% of SST-2 in benchmarks/predict.py). int8 is
+        ``lightbert.quantize``; labels agree with fp32 on about 99.5% of SST-2 in benchmarks/predict.py). int8 is
         one-way: load the model again for another precision."""
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
         if precision not in (*dtypes, "int8"):
