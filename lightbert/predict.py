@@ -67,13 +67,14 @@ class Classifier:
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
         if precision not in (*dtypes, "int8"):
             raise LightbertError(f"unknown precision {precision!r}", "use fp32, bf16 or int8")
-        if self.precision == "int8" and precision != "int8":
+        if precision == self.precision:
+            return self
+        if self.precision == "int8":
             raise LightbertError("this classifier is already quantized to int8", "load the model again for another precision")
         if precision == "int8":
-            if self.precision != "int8":
-                from lightbert.quantize import quantize_int8
+            from lightbert.quantize import quantize_int8
 
-                quantize_int8(self)
+            quantize_int8(self)
         else:
             self.model.to(dtypes[precision])
         self.precision = precision
