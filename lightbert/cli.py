@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightbert.errors import LightbertError
 
@@ -61,7 +61,7 @@ def run_predict(args: list[str]) -> None:
     parser.add_argument("--base", type=str | None, default=None, help="HF directory with the config and tokenizer, for a Lightning checkpoint from the common recipe")
     parser.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5, help="multi-label: probability from which a label is predicted")
-    parser.add_argument("--precision", type=str, default="fp32", help="fp32 (exact), bf16 (faster on GPUs and CPUs with AMX; slower on others) or int8 (CPUs: faster, approximate: labels agree with fp32 on about 199 of 200 SST-2 sentences)")
+    parser.add_argument("--precision", type=Literal["fp32", "bf16", "int8"], default="fp32", help="fp32 (exact), bf16 (faster on GPUs and CPUs with AMX; slower on others) or int8 (CPUs: faster, approximate: labels agree with fp32 on about 199 of 200 SST-2 sentences)")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
     parser.add_argument("--trust_checkpoint", type=bool, default=False, help="unpickle the checkpoint fully; only for a file you made yourself")
     config = parser.parse_args(args)

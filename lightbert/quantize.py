@@ -16,8 +16,8 @@ fp32 to about 99.5%:
 
 Matrix products run through PyTorch's fbgemm int8 kernels (``torch.ops.quantized.linear_dynamic``), the ones
 ``quantize_dynamic`` uses, called directly because that Python API is deprecated. CPU only. Each batch's inputs get
-their own int8 scale, so unlike fp32 a text's probabilities can move slightly (about 1e-2) with the texts it is
-batched with; the labels agree with fp32 on about 99.5% of SST-2 (benchmarks/predict.py --int8).
+their own int8 scale, so unlike fp32 a text's probabilities can move slightly with the texts it is batched
+with; the labels agree with fp32 on about 99.5% of SST-2 (benchmarks/predict.py --int8).
 """
 
 from __future__ import annotations
@@ -28,15 +28,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lightbert.data import RESOURCES
+from lightbert.data import BUNDLED_VALIDATION, read_table
 from lightbert.errors import LightbertError
 from lightbert.fastpath import encoder_layers
 
 if TYPE_CHECKING:
     from lightbert.predict import Classifier
 
-CALIBRATION_FILE = RESOURCES / "sst2" / "validation.tsv"
-CALIBRATION_TEXTS = 256
+CALIBRATION_TEXTS = 256  # the first sentences of the bundled SST-2 validation sample
 SMOOTHING = 0.75  # SmoothQuant's alpha: 0.5, 0.75, 0.9 and 1.0 tried on MiniLM; 0.75 had the smallest logit error
 _LEVELS = 127.5  # symmetric int8: the largest magnitude maps to the edge of [-128, 127], as torch.ao's observers do
 
@@ -72,13 +71,13 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     layers = encoder_layers(model)
     if layers is None:
         raise LightbertError(f"int8 supports BERT-family encoders, not {type(model).__name__}", "use --precision fp32")
-    return {f"{i}.{name}": module for i, layer in enumerate(layers) for name, module in layer.named_modules()
-            if isinstance(module, nn.Linear) and module.in_features <= module.out_features}
+    inside = {id(module) for module in layers.modules()}
+    return {name: module for name, module in model.named_modules()
+            if id(module) in inside and isinstance(module, nn.Linear) and module.in_features <= module.out_features}
 
 
 def calibration_texts(n: int = CALIBRATION_TEXTS) -> list[str]:
-    rows = CALIBRATION_FILE.read_text(encoding="utf-8").splitlines()[1:n + 1]
-    return [row.split("\t")[0] for row in rows]
+    return read_table(BUNDLED_VALIDATION)["sentence"][:n]
 
 
 def input_peaks(classifier: Classifier, linears: dict[str, nn.Linear], texts: list[str]) -> dict[str, torch.Tensor]:
@@ -119,10 +118,7 @@ def quantize_int8(classifier: Classifier) -> int:
     model.float()
     linears = quantizable_linears(model)
     peaks = input_peaks(classifier, linears, calibration_texts())
-    layers = encoder_layers(model)
     for name, linear in linears.items():
-        index, path = name.split(".", 1)
-        parent_path, _, attribute = path.rpartition(".")
-        parent = layers[int(index)].get_submodule(parent_path)
-        setattr(parent, attribute, Int8Linear(linear, smoothing_scale(peaks[name])))
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, Int8Linear(linear, smoothing_scale(peaks[name])))
     return len(linears)

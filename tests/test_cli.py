@@ -92,6 +92,7 @@ def test_print_config_prints_yaml_with_our_defaults():
         (["fit", "--no_such_flag=1"], "error: unrecognized arguments: --no_such_flag=1"),
         (["fit", "--model.base=/no/such/dir"], "error: base model directory not found: /no/such/dir"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
+        (["predict", "/no/such.ckpt", "a text", "--precision=int4"], "error: Parser key \"precision\""),  # before loading
     ],
 )
 def test_bad_input_ends_with_one_error_line_and_exit_code_2(args, message):

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from lightbert.errors import LightbertError
+
 from lightbert.fastpath import encoder_layers
 from lightbert.predict import Classifier
-from lightbert.quantize import Int8Linear, smoothing_scale
+from lightbert.quantize import Int8Linear, calibration_texts, quantizable_linears, smoothing_scale
 
 TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb " * 30, "great", "cold grim weak"]
 
@@ -57,3 +59,13 @@ def test_int8_quantizes_every_encoder_linear_but_the_feed_forward_output_and_kee
     head = [name for name, m in classifier.model.named_modules() if isinstance(m, Int8Linear) and "layer" not in name]
     assert head == []
     assert torch.allclose(classifier.logits(TEXTS), before, atol=0.05)
+
+
+def test_int8_refuses_a_model_without_a_known_encoder_layout():
+    with pytest.raises(LightbertError, match="int8 supports BERT-family encoders"):
+        quantizable_linears(nn.Sequential(nn.Linear(4, 4)))
+
+
+def test_calibration_uses_the_bundled_sentences():
+    texts = calibration_texts()
+    assert len(texts) == 256 and all(isinstance(t, str) and t.strip() for t in texts)
