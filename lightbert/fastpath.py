@@ -68,6 +68,19 @@ def _masked(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.where(keep, x * scale, 0.0)
 
 
+def autocast_state(tensor: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    """The autocast state a forward pass runs under on ``tensor``'s device. A custom backward runs outside autocast,
+    so the matrix products it recomputes would mix bf16/fp16 activations with fp32 weights (an error) unless it
+    re-enters this state, which ``torch.amp.custom_bwd`` does too, but for one device type fixed in advance."""
+    device = tensor.device.type
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def autocast_as(state: tuple[str, bool, torch.dtype]) -> torch.autocast:
+    device, enabled, dtype = state
+    return torch.autocast(device, dtype=dtype, enabled=enabled)
+
+
 class _CpuDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -92,14 +105,16 @@ class _DroppedProbabilitiesTimesValues(torch.autograd.Function):
         keep = keep_mask(probs.shape, p)
         ctx.save_for_backward(probs, keep, value)
         ctx.scale = _keep_scale(p)
+        ctx.autocast = autocast_state(probs)
         return torch.matmul(_masked(probs, keep, ctx.scale), value)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         probs, keep, value = ctx.saved_tensors
-        grad_value = torch.matmul(_masked(probs, keep, ctx.scale).transpose(-2, -1), grad)
-        grad_probs = _masked(torch.matmul(grad, value.transpose(-2, -1)), keep, ctx.scale)
-        return grad_probs, grad_value, None
+        with autocast_as(ctx.autocast):
+            grad_value = torch.matmul(_masked(probs, keep, ctx.scale).transpose(-2, -1), grad)
+            grad_probs = _masked(torch.matmul(grad, value.transpose(-2, -1)), keep, ctx.scale)
+        return grad_probs.to(probs.dtype), grad_value.to(value.dtype), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -245,6 +260,7 @@ class _GeluThenLinear(torch.autograd.Function):
     def forward(ctx: Any, pre: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(pre, weight)
         ctx.has_bias = bias is not None
+        ctx.autocast = autocast_state(pre)
         return nn.functional.linear(nn.functional.gelu(pre), weight, bias)
 
     @staticmethod
@@ -252,13 +268,14 @@ class _GeluThenLinear(torch.autograd.Function):
         pre, weight = ctx.saved_tensors
         grad_pre = grad_weight = grad_bias = None
         rows = grad.reshape(-1, grad.shape[-1])
-        if ctx.needs_input_grad[1]:
-            activated = nn.functional.gelu(pre)  # recomputed, instead of kept since the forward pass
-            grad_weight = rows.t() @ activated.reshape(-1, activated.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_pre = torch.ops.aten.gelu_backward(torch.matmul(grad, weight), pre)
+        with autocast_as(ctx.autocast):  # bf16-mixed/16-mixed: the products in the forward pass's dtype
+            if ctx.needs_input_grad[1]:
+                activated = nn.functional.gelu(pre)  # recomputed, instead of kept since the forward pass
+                grad_weight = (rows.t() @ activated.reshape(-1, activated.shape[-1])).to(weight.dtype)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_bias = rows.sum(0).to(weight.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_pre = torch.ops.aten.gelu_backward(torch.matmul(grad, weight).to(pre.dtype), pre)
         return grad_pre, grad_weight, grad_bias
 
 

@@ -46,7 +46,7 @@ FAST_PATHS = {
 }
 
 
-def assert_same_loss_and_gradients(arch, request, *switches, steps=1):
+def assert_same_loss_and_gradients(arch, request, *switches, steps=1, autocast=False, tolerance=1e-6):
     base = request.getfixturevalue(arch)
     names = ("dropout", "attention_dropout", "seq_classif_dropout") if arch == "tiny_distilbert" else (
         "hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -57,12 +57,14 @@ def assert_same_loss_and_gradients(arch, request, *switches, steps=1):
     inputs, labels = padded_batch(base)
     inputs = {k: v for k, v in inputs.items() if k != "token_type_ids" or arch == "tiny_bert"}
     for _ in range(steps):  # more than one step: gradients accumulate
-        expected, actual = plain(**inputs, labels=labels), switched(**inputs, labels=labels)
-        torch.testing.assert_close(actual.logits, expected.logits, atol=1e-6, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            expected, actual = plain(**inputs, labels=labels), switched(**inputs, labels=labels)
+        torch.testing.assert_close(actual.logits, expected.logits, atol=tolerance, rtol=0)
         expected.loss.backward()
         actual.loss.backward()
     for (name, p), q in zip(plain.named_parameters(), switched.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=0, msg=name)
+        assert q.grad.dtype == p.dtype, name
+        torch.testing.assert_close(q.grad, p.grad, atol=tolerance, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("arch", ["tiny_bert", "tiny_distilbert", "tiny_roberta"])
@@ -73,6 +75,14 @@ def test_fast_path_computes_the_same_loss_and_gradients_on_padded_batches(arch, 
 
 def test_all_fast_paths_together_compute_the_same_accumulated_gradients(request):
     assert_same_loss_and_gradients("tiny_bert", request, *FAST_PATHS.values(), steps=2)
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_distilbert"])
+@pytest.mark.parametrize("fast_path", list(FAST_PATHS))
+def test_fast_path_under_bf16_autocast_has_the_gradients_of_the_plain_model_under_autocast(arch, fast_path, request):
+    # bf16-mixed training: the recomputing backward passes must run their products in the forward pass's dtypes
+    # (mixing bf16 activations with fp32 weights is an error) and return gradients in the parameters' dtype.
+    assert_same_loss_and_gradients(arch, request, FAST_PATHS[fast_path], autocast=True, tolerance=2e-2)
 
 
 def test_switched_model_in_eval_mode_is_bitwise_the_original(tiny_bert):

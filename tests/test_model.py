@@ -7,16 +7,17 @@ import pytest
 import torch
 from conftest import make_base_model, quiet_trainer, sentiment_rows, write_csv, write_jsonl
 from torch import nn
+from transformers import AutoModel
 
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.model import SequenceClassifier, linear_warmup_decay
 
 
-def fit(base, train, val, max_epochs=1, model_kwargs=None, callbacks=(), **data_kwargs):
+def fit(base, train, val, max_epochs=1, model_kwargs=None, callbacks=(), precision="32-true", **data_kwargs):
     pl.seed_everything(0, verbose=False)
     dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(base), batch_size=4, **data_kwargs)
     model = SequenceClassifier(base=str(base), learning_rate=1e-3, **(model_kwargs or {}))
-    trainer = quiet_trainer(max_epochs=max_epochs, callbacks=list(callbacks))
+    trainer = quiet_trainer(max_epochs=max_epochs, callbacks=list(callbacks), precision=precision)
     trainer.fit(model, dm)
     return model, trainer
 
@@ -103,6 +104,18 @@ def test_single_label_logs_loss_accuracy_and_macro_f1(tiny_bert, sentiment_files
     metrics = trainer.callback_metrics
     assert {"val_loss", "val_accuracy", "val_f1_macro"} <= set(metrics)
     assert 0.0 <= float(metrics["val_accuracy"]) <= 1.0
+
+
+def test_bf16_mixed_training_keeps_fp32_weights_and_follows_the_fp32_run(tiny_bert, sentiment_files):
+    fp32, fp32_trainer = fit(tiny_bert, *sentiment_files, max_epochs=2)
+    bf16, bf16_trainer = fit(tiny_bert, *sentiment_files, max_epochs=2, precision="bf16-mixed")
+    assert {p.dtype for p in bf16.parameters()} == {torch.float32}
+    pretrained = AutoModel.from_pretrained(str(tiny_bert)).embeddings.word_embeddings.weight
+    assert (bf16.model.bert.embeddings.word_embeddings.weight - pretrained).abs().max() > 1e-3  # it trained
+    loss, expected_loss = float(bf16_trainer.callback_metrics["train_loss"]), float(fp32_trainer.callback_metrics["train_loss"])
+    assert abs(loss - expected_loss) < 0.01
+    for (name, p), q in zip(fp32.named_parameters(), bf16.parameters()):
+        torch.testing.assert_close(q, p, atol=0.01, rtol=0, msg=name)
 
 
 def test_multi_label_logs_micro_and_macro_f1(tmp_path, tiny_bert):
