@@ -49,7 +49,7 @@ def _parser(command: str, description: str):
 
 def run_predict(args: list[str]) -> None:
     from lightbert.loader import load
-    from lightbert.predict import count_rows, iter_text_chunks, predict_stream, to_jsonl, write_atomically
+    from lightbert.predict import count_rows, iter_text_chunks, predict_stream, resolve_device, to_jsonl, write_atomically
 
     parser = _parser("predict", "Label texts with a fine-tuned classifier. Output: JSON Lines, one object per text, in input order.")
     parser.add_argument("model", help="a lightbert .ckpt, a Hugging Face model directory, or a Lightning checkpoint (with --base)")
@@ -62,14 +62,18 @@ def run_predict(args: list[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5, help="multi-label: probability from which a label is predicted")
     parser.add_argument("--precision", type=Literal["fp32", "bf16", "int8"], default="fp32", help="fp32 (exact), bf16 (faster on GPUs and CPUs with AMX; slower on others) or int8 (CPUs: faster, approximate: labels agree with fp32 on about 199 of 200 SST-2 sentences)")
+    parser.add_argument("--device", type=str, default="auto", help="auto (the GPU if there is one, else the CPU; the CPU for int8), cpu, cuda, cuda:N or mps")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
     parser.add_argument("--trust_checkpoint", type=bool, default=False, help="unpickle the checkpoint fully; only for a file you made yourself")
     config = parser.parse_args(args)
+    device = resolve_device(config.device, config.precision)  # checked before the model loads
+    if config.precision == "int8" and device.type != "cpu":
+        raise LightbertError(f"--precision int8 runs on the CPU only, not on {device}", "use --precision bf16 or fp32 on a GPU")
     if bool(config.texts) == bool(config.input):
         raise LightbertError("give texts as arguments or --input FILE (one of the two)", "e.g. lightbert predict MODEL \"a great film\"")
     if config.output and Path(config.output).exists() and not config.overwrite:
         raise LightbertError(f"output file exists: {config.output}", "choose another path or pass --overwrite")
-    classifier = load(config.model, config.base, trust_checkpoint=config.trust_checkpoint).set_precision(config.precision)
+    classifier = load(config.model, config.base, trust_checkpoint=config.trust_checkpoint).to(device).set_precision(config.precision)
     if config.input:
         chunks = iter_text_chunks(config.input, config.text_column, config.text_pair_column, pairs=classifier.trained_on_pairs)
         total = count_rows(config.input)

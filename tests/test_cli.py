@@ -93,6 +93,8 @@ def test_print_config_prints_yaml_with_our_defaults():
         (["fit", "--model.base=/no/such/dir"], "error: base model directory not found: /no/such/dir"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
         (["predict", "/no/such.ckpt", "a text", "--precision=int4"], "error: Parser key \"precision\""),  # before loading
+        (["predict", "/no/such.ckpt", "a text", "--device=gpu"], "error: unknown device 'gpu' (use auto, cpu, cuda, cuda:N or mps)"),
+        (["predict", "/no/such.ckpt", "a text", "--device=cuda:99"], "error: device 'cuda:99' asked for, but this machine has"),
     ],
 )
 def test_bad_input_ends_with_one_error_line_and_exit_code_2(args, message):

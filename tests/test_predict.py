@@ -20,6 +20,7 @@ from lightbert.callbacks import Checkpointing
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError
 from lightbert.model import SequenceClassifier
+from lightbert.predict import resolve_device
 
 TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb " * 30, "  ", "great", "cold\tgrim\nweak"]
 
@@ -204,6 +205,60 @@ def test_predict_command_runs_in_int8(single_label):
     result = cli("predict", str(single_label), "a good film", "bad", "--precision", "int8")
     assert result.returncode == 0, result.stderr
     assert [r["label"] for r in jsonl(result.stdout)] == [r["label"] for r in load(single_label).predict(["a good film", "bad"])]
+
+
+# -- devices ---------------------------------------------------------------------------------------------------------
+
+
+def pretend_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_auto_device_is_the_gpu_when_there_is_one_except_for_int8(monkeypatch):
+    pretend_gpus(monkeypatch, 2)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("auto", precision="int8") == torch.device("cpu")
+
+
+def test_auto_device_is_the_cpu_without_a_gpu(monkeypatch):
+    pretend_gpus(monkeypatch, 0)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("gpu", "unknown device 'gpu'"),
+    ("cuda:2", "this machine has 2 CUDA GPU"),
+])
+def test_devices_that_do_not_exist_here_are_refused_by_name(monkeypatch, device, message):
+    pretend_gpus(monkeypatch, 2)
+    with pytest.raises(LightbertError, match=message):
+        resolve_device(device)
+
+
+def test_cuda_without_a_gpu_is_refused_with_what_to_do(monkeypatch):
+    pretend_gpus(monkeypatch, 0)
+    with pytest.raises(LightbertError, match="no CUDA GPU") as error:
+        resolve_device("cuda")
+    assert error.value.hint == "use --device cpu, or a PyTorch build with CUDA"
+
+
+def test_an_int8_classifier_stays_on_the_cpu(single_label, monkeypatch):
+    classifier = load(single_label).set_precision("int8")
+    pretend_gpus(monkeypatch, 1)
+    with pytest.raises(LightbertError, match="int8 classifier runs on the CPU only"):
+        classifier.to("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_prediction_on_the_gpu_equals_the_cpu_within_1e_4(single_label):
+    cpu = load(single_label)
+    gpu = load(single_label).to("cuda")
+    assert gpu.device.type == "cuda"
+    assert (gpu.logits(TEXTS) - cpu.logits(TEXTS)).abs().max() <= 1e-4
 
 
 def test_classifier_runs_the_last_layer_for_the_first_position_only(classifier):
