@@ -10,6 +10,8 @@ with fp32).
 Then whole commands (`lightbert predict --input FILE` vs a script calling pipeline on the same file), with wall
 time and peak RSS, and start-up (`lightbert predict MODEL "one text"` vs importing torch+transformers and loading
 the model). Prints a table with ratios, label agreement and the fraction of the fp32 FLOP floor reached.
+``--device cuda`` runs both sides on the GPU (pipeline(device=...), lightbert --device); int8 and ONNX Runtime
+are CPU candidates.
 """
 
 from __future__ import annotations
@@ -65,15 +67,20 @@ def model_directory(model: str | None, tmp: Path) -> tuple[str, str]:
     return str(tmp / "model"), "bundled all-MiniLM-L6-v2 with a random 2-label head"
 
 
-def fp32_peak_flops() -> float:
+def fp32_peak_flops(device: str = "cpu") -> float:
     """Measured fp32 matmul throughput of this machine (FLOP/s), the denominator of the FLOP floor."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    size = 1024 if device == "cpu" else 8192
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(3):
         a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
     start, n = time.perf_counter(), 30
     for _ in range(n):
         a @ b
-    return 2 * 1024**3 * n / (time.perf_counter() - start)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2 * size**3 * n / (time.perf_counter() - start)
 
 
 def model_flops(classifier, texts: list[str]) -> float:
@@ -155,7 +162,7 @@ PIPELINE_SCRIPT = textwrap.dedent("""
     import json, sys
     from transformers import pipeline
     texts = open(sys.argv[2], encoding="utf-8").read().splitlines()
-    classify = pipeline("text-classification", model=sys.argv[1], top_k=None)
+    classify = pipeline("text-classification", model=sys.argv[1], top_k=None, device=sys.argv[4])
     with open(sys.argv[3], "w", encoding="utf-8") as out:
         for record in classify(texts, batch_size=32, truncation=True):
             out.write(json.dumps(record) + "\\n")
@@ -173,8 +180,11 @@ def main() -> None:
                         help="also measure lightbert --precision int8 and, beside it, plain torch.ao dynamic quantization of every linear layer (not offered)")
     parser.add_argument("--onnxruntime", action="store_true",
                         help="also measure ONNX Runtime fp32 and int8 (fused graph; pip install onnx onnxruntime), candidates not offered")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides run")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
+    if args.device != "cpu" and (args.int8 or args.onnxruntime):
+        parser.error("--int8 and --onnxruntime are CPU candidates: use them with --device cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from transformers import pipeline
@@ -187,11 +197,11 @@ def main() -> None:
     texts = load_texts(args.texts)
     tmp = Path(tempfile.mkdtemp(prefix="lightbert-bench-"))
     directory, model_name = model_directory(args.model, tmp)
-    classify = pipeline("text-classification", model=directory, top_k=None)
-    classifier = lightbert.load(directory)
+    classify = pipeline("text-classification", model=directory, top_k=None, device=args.device)
+    classifier = lightbert.load(directory).to(args.device)
     variants = {}  # faster, lower-precision candidates, compared with lightbert fp32
     if args.bf16:
-        variants["lightbert bf16"] = lightbert.load(directory).set_precision("bf16")
+        variants["lightbert bf16"] = lightbert.load(directory).to(args.device).set_precision("bf16")
     if args.int8:
         variants["lightbert int8"] = lightbert.load(directory).set_precision("int8")
         variants["int8, plain torch.ao, every linear (not offered)"] = int8_classifier(lightbert.load(directory))
@@ -223,11 +233,11 @@ def main() -> None:
         difference = max(abs(a["probs"][label] - b["probs"][label]) for a, b in zip(ours, predicted) for label in a["probs"])
         variant_agreement[name] = (sum(same[:sst2_count]) / sst2_count, sum(same) / len(same), difference)
 
-    peak = fp32_peak_flops()
+    peak = fp32_peak_flops(args.device)
     flops = model_flops(classifier, texts)
     baseline = statistics.median(times["pipeline, batch 32"])
     print(f"\nmodel: {model_name}; {len(texts)} texts ({args.texts // 2} SST-2 sentences + {args.texts - args.texts // 2} AG News articles);"
-          f" {torch.get_num_threads()} threads; {args.repeats} repeats, medians")
+          f" {torch.get_num_threads()} threads, device {args.device}; {args.repeats} repeats, medians")
     print(f"fp32 matmul peak measured: {peak / 1e9:.0f} GFLOP/s; model work: {flops / 1e9:.0f} GFLOP (no padding) -> floor {len(texts) / (flops / peak):.0f} texts/s\n")
     print("| in process (model loaded) | texts/s | vs pipeline | of FLOP floor |")
     print("| --- | ---: | ---: | ---: |")
@@ -247,15 +257,15 @@ def main() -> None:
     (tmp / "peer.py").write_text(PIPELINE_SCRIPT)
     model_arg = args.model or directory
     commands = {
-        "pipeline script": [sys.executable, str(tmp / "peer.py"), directory, str(text_file), str(tmp / "peer.jsonl")],
+        "pipeline script": [sys.executable, str(tmp / "peer.py"), directory, str(text_file), str(tmp / "peer.jsonl"), args.device],
         "lightbert predict --input": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "--input", str(text_file),
-                                      "--output", str(tmp / "ours.jsonl"), "--overwrite", "true"],
+                                      "--output", str(tmp / "ours.jsonl"), "--overwrite", "true", "--device", args.device],
     }
     startup = {
         "import torch, transformers + load model": [sys.executable, "-c",
-            f"import torch, transformers; transformers.AutoModelForSequenceClassification.from_pretrained({directory!r});"
+            f"import torch, transformers; transformers.AutoModelForSequenceClassification.from_pretrained({directory!r}).to({args.device!r});"
             f" transformers.AutoTokenizer.from_pretrained({directory!r})"],
-        "lightbert predict MODEL 'one text'": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "one text"],
+        "lightbert predict MODEL 'one text'": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "one text", "--device", args.device],
     }
     print("\n| whole command | wall s | texts/s | peak RSS MiB |")
     print("| --- | ---: | ---: | ---: |")

@@ -508,7 +508,10 @@ class LengthGroupedSampler(Sampler[int]):
     """A seeded shuffle that keeps texts of similar length in the same batch, and can resume mid-epoch.
 
     Each epoch (seed + epoch) draws a permutation, cuts it into mega-batches of ``group_size`` batches, sorts each
-    by length and cuts it into batches, then shuffles the order of the full batches (a short remainder goes last).
+    by length and cuts it into batches, then shuffles the order of the full batches (a short remainder goes last)
+    and moves the batch with the longest text to the front, as the Trainer's ``group_by_length`` does: a batch too
+    big for the memory fails at the first step, not hours in, and the allocator meets its largest batch first, so
+    later batches reuse that memory instead of growing the heap around smaller blocks.
     Consecutive runs of ``batch_size`` indices are exactly those batches, so a plain ``BatchSampler`` on top
     reproduces them. ``resume(epoch, samples_done)`` makes the next pass over that epoch skip what was trained.
     """
@@ -540,7 +543,11 @@ class LengthGroupedSampler(Sampler[int]):
                 batch = group[b : b + self.batch_size]
                 (full_batches if len(batch) == self.batch_size else remainder).append(batch)
         shuffled = torch.randperm(len(full_batches), generator=generator).tolist()
-        batches = [full_batches[i] for i in shuffled] + remainder
+        batches = [full_batches[i] for i in shuffled]
+        if batches:
+            longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]]))  # sorted: [0] is the longest
+            batches[0], batches[longest] = batches[longest], batches[0]
+        batches += remainder
         return torch.cat(batches).tolist() if batches else []
 
     def __iter__(self) -> Iterator[int]:

@@ -289,6 +289,19 @@ def test_sampler_groups_similar_lengths_into_batches():
     assert sum(spread) / len(spread) < 15  # a random order would spread ~90 tokens within a batch
 
 
+def test_sampler_puts_the_longest_text_in_the_first_batch_of_every_epoch():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 100) for _ in range(803)]
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=0, group_size=5)
+    for epoch in range(4):  # a batch too big for memory fails at the first step, not later
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert max(lengths[i] for i in order[:16]) == max(lengths)
+        assert sorted(order) == list(range(803))
+
+
 def test_sampler_resumes_mid_epoch_where_it_stopped():
     sampler = LengthGroupedSampler([i % 9 for i in range(50)], batch_size=5, seed=1)
     sampler.set_epoch(2)
