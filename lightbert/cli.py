@@ -67,8 +67,6 @@ def run_predict(args: list[str]) -> None:
     parser.add_argument("--trust_checkpoint", type=bool, default=False, help="unpickle the checkpoint fully; only for a file you made yourself")
     config = parser.parse_args(args)
     device = resolve_device(config.device, config.precision)  # checked before the model loads
-    if config.precision == "int8" and device.type != "cpu":
-        raise LightbertError(f"--precision int8 runs on the CPU only, not on {device}", "use --precision bf16 or fp32 on a GPU")
     if bool(config.texts) == bool(config.input):
         raise LightbertError("give texts as arguments or --input FILE (one of the two)", "e.g. lightbert predict MODEL \"a great film\"")
     if config.output and Path(config.output).exists() and not config.overwrite:

@@ -39,9 +39,9 @@ NON_PERSISTENT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids"
 
 
 def load(path: str | Path, base: str | Path | None = None, trust_checkpoint: bool = False) -> Classifier:
-    """A ready classifier (eval mode, float32, on the CPU: ``.to(device)`` moves it) from a lightbert checkpoint, a Hugging Face model directory, or a
-    Lightning checkpoint made with the common recipe (``base``: an HF directory of the same architecture).
-    ``trust_checkpoint`` allows full unpickling, for checkpoints the user made themselves."""
+    """A ready classifier (eval mode, float32, on the CPU: ``.to(device)`` moves it) from a lightbert checkpoint, a
+    Hugging Face model directory, or a Lightning checkpoint made with the common recipe (``base``: an HF directory of
+    the same architecture). ``trust_checkpoint`` allows full unpickling, for checkpoints the user made themselves."""
     text = str(path)
     if "://" in text:
         raise LightbertError(f"model paths must be local, not URLs: {text}", "download the model yourself and check where it comes from")

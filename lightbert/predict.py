@@ -24,7 +24,7 @@ from lightbert.safety import atomic_write
 def resolve_device(device: str | torch.device = "auto", precision: str = "fp32") -> torch.device:
     """The device to predict on: ``auto`` is the first GPU (CUDA, else Apple MPS) when there is one, else the CPU
     (always the CPU for ``int8``, which runs there only); ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked to
-    exist on this machine."""
+    exist on this machine, and to suit ``precision``."""
     name = str(device)
     if name == "auto":
         if precision != "int8" and torch.cuda.is_available():
@@ -49,6 +49,8 @@ def resolve_device(device: str | torch.device = "auto", precision: str = "fp32")
             raise LightbertError(f"device {name!r} asked for, but this machine has {count} CUDA GPU(s)", f"use cuda:0 to cuda:{count - 1}")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise LightbertError(f"device {name!r} asked for, but Apple MPS is not available here", "use --device cpu")
+    if precision == "int8" and resolved.type != "cpu":
+        raise LightbertError(f"int8 runs on the CPU only, not on {name}", "use --precision bf16 or fp32 on a GPU")
     return resolved
 
 
@@ -92,15 +94,13 @@ class Classifier:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     def to(self, device: str | torch.device) -> Classifier:
         """Move the model to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; see ``resolve_device``).
         Inputs follow the model; results always come back on the CPU."""
-        target = resolve_device(device, self.precision)
-        if self.precision == "int8" and target.type != "cpu":
-            raise LightbertError("an int8 classifier runs on the CPU only", "use --precision bf16 or fp32 on a GPU")
-        self.model.to(target)
+        self.model.to(resolve_device(device, self.precision))
         return self
 
     def set_precision(self, precision: str) -> Classifier:

@@ -229,14 +229,15 @@ def test_auto_device_is_the_cpu_without_a_gpu(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
 
 
-@pytest.mark.parametrize(("device", "message"), [
-    ("gpu", "unknown device 'gpu'"),
-    ("cuda:2", "this machine has 2 CUDA GPU"),
+@pytest.mark.parametrize(("device", "precision", "message"), [
+    ("gpu", "fp32", "unknown device 'gpu'"),
+    ("cuda:2", "fp32", "this machine has 2 CUDA GPU"),
+    ("cuda", "int8", "int8 runs on the CPU only"),
 ])
-def test_devices_that_do_not_exist_here_are_refused_by_name(monkeypatch, device, message):
+def test_devices_that_do_not_exist_here_or_do_not_suit_the_precision_are_refused(monkeypatch, device, precision, message):
     pretend_gpus(monkeypatch, 2)
     with pytest.raises(LightbertError, match=message):
-        resolve_device(device)
+        resolve_device(device, precision)
 
 
 def test_cuda_without_a_gpu_is_refused_with_what_to_do(monkeypatch):
@@ -249,7 +250,7 @@ def test_cuda_without_a_gpu_is_refused_with_what_to_do(monkeypatch):
 def test_an_int8_classifier_stays_on_the_cpu(single_label, monkeypatch):
     classifier = load(single_label).set_precision("int8")
     pretend_gpus(monkeypatch, 1)
-    with pytest.raises(LightbertError, match="int8 classifier runs on the CPU only"):
+    with pytest.raises(LightbertError, match="int8 runs on the CPU only, not on cuda"):
         classifier.to("cuda")
 
 
