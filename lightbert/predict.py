@@ -27,11 +27,11 @@ def resolve_device(device: str | torch.device = "auto", precision: str = "fp32")
     exist on this machine, and to suit ``precision``."""
     name = str(device)
     if name == "auto":
-        if precision != "int8" and torch.cuda.is_available():
+        if precision == "int8":
+            return torch.device("cpu")
+        if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        if precision != "int8" and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         resolved = torch.device(name)
     except RuntimeError:

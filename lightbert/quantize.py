@@ -110,9 +110,10 @@ def smoothing_scale(peak: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def quantize_int8(classifier: Classifier) -> int:
     """Replace the classifier's quantizable linear layers by ``Int8Linear`` in place; returns how many."""
+    from lightbert.predict import resolve_device
+
+    resolve_device(classifier.device, "int8")  # refuses a model already on a GPU, as --device does
     model = classifier.model
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        raise LightbertError("int8 runs on CPUs only", "use --precision bf16 on a GPU")
     if not hasattr(torch.ops.quantized, "linear_dynamic") or "fbgemm" not in torch.backends.quantized.supported_engines:
         raise LightbertError("int8 needs PyTorch's x86 int8 kernels (fbgemm), which this build or CPU lacks", "use --precision fp32")
     model.float()
