@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from measure import machine
 
 from lightbert import fastpath
 
@@ -29,10 +30,17 @@ CONFIGS = {
     "plain HF model": [],
     "+ cheaper dropout": [fastpath.use_cpu_dropout],
     "+ first position only": [fastpath.use_cpu_dropout, fastpath.use_first_position_only],
-    "+ resident embedding gradient": [fastpath.use_cpu_dropout, fastpath.use_first_position_only,
-                                      fastpath.use_resident_embedding_gradient],
-    "+ GELU recomputed in backward (saves memory)": [fastpath.use_cpu_dropout, fastpath.use_first_position_only,
-                                                     fastpath.use_resident_embedding_gradient, fastpath.use_gelu_recompute],
+    "+ resident embedding gradient": [
+        fastpath.use_cpu_dropout,
+        fastpath.use_first_position_only,
+        fastpath.use_resident_embedding_gradient,
+    ],
+    "+ GELU recomputed in backward (saves memory)": [
+        fastpath.use_cpu_dropout,
+        fastpath.use_first_position_only,
+        fastpath.use_resident_embedding_gradient,
+        fastpath.use_gelu_recompute,
+    ],
 }
 COMPILED = "plain HF model, torch.compile (not used)"
 
@@ -53,13 +61,15 @@ def batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
     groups = []
     for start in range(0, len(order), 32 * 50):  # mega-batches of 50 batches sorted by length, as group_by_length
-        mega = sorted(order[start:start + 32 * 50], key=lambda i: -len(encoded["input_ids"][i]))
-        groups += [mega[i:i + 32] for i in range(0, len(mega), 32)]
+        mega = sorted(order[start : start + 32 * 50], key=lambda i: -len(encoded["input_ids"][i]))
+        groups += [mega[i : i + 32] for i in range(0, len(mega), 32)]
     random.Random(0).shuffle(groups)
     result = []
     for group in groups[:count]:
-        batch = tokenizer.pad({k: [encoded[k][i] for i in group] for k in ("input_ids", "attention_mask", "token_type_ids")},
-                              return_tensors="pt")
+        batch = tokenizer.pad(
+            {k: [encoded[k][i] for i in group] for k in ("input_ids", "attention_mask", "token_type_ids")},
+            return_tensors="pt",
+        )
         result.append(dict(batch) | {"labels": labels[group]})
     return result
 
@@ -67,21 +77,28 @@ def batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--compile", action="store_true", help="also measure the plain model under torch.compile (not used)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure the plain model under torch.compile (not used)"
+    )
     args = parser.parse_args()
+    print(machine(), flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
-    from lightbert.hf import default_base_model
+    from lightbert.bundled import default_base_model
 
     logging.set_verbosity_error()
     x = torch.randn(32, 20, 384)
-    print(f"dropout p=0.1 on 32x20x384: torch {milliseconds(lambda: torch.nn.functional.dropout(x, 0.1, True)):.2f} ms, "
-          f"lightbert {milliseconds(lambda: fastpath.dropout(x, 0.1, True)):.2f} ms")
+    print(
+        f"dropout p=0.1 on 32x20x384: torch {milliseconds(lambda: torch.nn.functional.dropout(x, 0.1, True)):.2f} ms, "
+        f"lightbert {milliseconds(lambda: fastpath.dropout(x, 0.1, True)):.2f} ms"
+    )
     resident = torch.empty(30522, 384)
-    print(f"47 MB embedding gradient: fresh torch.zeros {milliseconds(lambda: torch.zeros(30522, 384), 20):.1f} ms, "
-          f"zeroing a resident buffer {milliseconds(lambda: resident.zero_(), 20):.1f} ms")
+    print(
+        f"47 MB embedding gradient: fresh torch.zeros {milliseconds(lambda: torch.zeros(30522, 384), 20):.1f} ms, "
+        f"zeroing a resident buffer {milliseconds(lambda: resident.zero_(), 20):.1f} ms"
+    )
 
     base = default_base_model()
     data = batches(AutoTokenizer.from_pretrained(base), args.steps + 2)
@@ -95,11 +112,14 @@ def main() -> None:
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True))
     if args.compile:
         model = copy.deepcopy(plain).train()
-        runs[COMPILED] = (torch.compile(model, dynamic=True), torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True))
+        runs[COMPILED] = (
+            torch.compile(model, dynamic=True),
+            torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True),
+        )
     seconds = dict.fromkeys(runs, 0.0)
     first_step = {}
     for step, batch in enumerate(data):
-        for name in (list(runs) if step % 2 == 0 else list(reversed(runs))):
+        for name in list(runs) if step % 2 == 0 else list(reversed(runs)):
             model, optimizer = runs[name]
             start = time.perf_counter()
             model(**batch).loss.backward()
@@ -111,13 +131,15 @@ def main() -> None:
                 first_step[name] = time.perf_counter() - start
     samples = sum(len(b["labels"]) for b in data[2:])
     first = samples / seconds["plain HF model"]
-    print(f"\n{args.steps} training steps of MiniLM, batch 32, SST-2, fp32, dropout on, {torch.get_num_threads()} threads\n")
+    threads = torch.get_num_threads()
+    print(f"\n{args.steps} training steps of MiniLM, batch 32, SST-2, fp32, dropout on, {threads} threads\n")
     print("| model | samples/s | vs plain |")
     print("| --- | ---: | ---: |")
     for name, total in seconds.items():
         print(f"| {name} | {samples / total:.1f} | {samples / total / first:.2f}x |")
     if args.compile:
-        print(f"\ntorch.compile's first step (compiling): {first_step[COMPILED]:.1f} s, against {first_step['plain HF model']:.2f} s eager")
+        compiling, eager = first_step[COMPILED], first_step["plain HF model"]
+        print(f"\ntorch.compile's first step (compiling): {compiling:.1f} s, against {eager:.2f} s eager")
 
 
 if __name__ == "__main__":

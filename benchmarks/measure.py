@@ -34,7 +34,9 @@ LAUNCHER = textwrap.dedent("""
 """)
 
 
-def run_child_traced(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, list[tuple[float, float]]]:
+def run_child_traced(
+    command: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, list[tuple[float, float]]]:
     """Wall seconds, peak RSS (MiB) and the peak so far sampled every 0.25 s as (seconds, MiB) pairs, of a
     command; exits with its stderr if it fails."""
     result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env)
@@ -53,3 +55,33 @@ def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[fl
 def peak_by(trace: list[tuple[float, float]], seconds: float) -> float:
     """The peak RSS (MiB) a trace had reached ``seconds`` into the run (0 if not sampled by then)."""
     return max((rss for at, rss in trace if at <= seconds), default=0.0)
+
+
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine() -> str:
+    """One line naming this machine's CPU (model, cores, the flags that decide bf16/int8 speed) and GPU, so figures
+    from different machines are never compared as if they came from one."""
+    import os
+
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    present = [flag for flag in RELEVANT_FLAGS if flag in flags] or ["none of " + ", ".join(RELEVANT_FLAGS)]
+    line = f"machine: {model}, {os.cpu_count()} cores; CPU flags: {' '.join(present)}"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            line += f"; GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    except ImportError:
+        pass
+    return line

@@ -29,8 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
-from measure import run_child
+from measure import machine, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -40,7 +39,7 @@ def load_texts(n: int) -> list[str]:
     def column(path: Path, index: int, skip_header: bool) -> list[str]:
         with open(path, encoding="utf-8") as f:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        return [r[index] for r in rows[1 if skip_header else 0:]]
+        return [r[index] for r in rows[1 if skip_header else 0 :]]
 
     sst2 = column(DATA / "sst2" / "validation.tsv", 0, True)[: n // 2]
     agnews = column(DATA / "agnews" / "train.tsv", 0, False)[: n - n // 2]
@@ -58,7 +57,7 @@ def model_directory(model: str | None, tmp: Path) -> tuple[str, str]:
         return str(tmp / "model"), model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lightbert.hf import default_base_model
+    from lightbert.bundled import default_base_model
 
     torch.manual_seed(0)
     base = default_base_model()
@@ -101,7 +100,9 @@ def int8_classifier(classifier):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
-        classifier.model = quantize_dynamic(classifier.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        classifier.model = quantize_dynamic(
+            classifier.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
     return classifier
 
 
@@ -134,15 +135,33 @@ def onnxruntime_classifier(directory: str, tmp: Path, quantize: bool):
         model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.type_vocab_size > 1 else [])
         example = {name: torch.ones(2, 16, dtype=torch.long) for name in names}
-        torch.onnx.export(model, (), tmp / "model.onnx", kwargs=example, input_names=names, output_names=["logits"],
-                          dynamic_axes={name: {0: "batch", 1: "length"} for name in names}, dynamo=False, opset_version=17)
-        optimizer.optimize_model(str(tmp / "model.onnx"), model_type="bert", num_heads=model.config.num_attention_heads,
-                                 hidden_size=model.config.hidden_size).save_model_to_file(str(fused))
+        torch.onnx.export(
+            model,
+            (),
+            tmp / "model.onnx",
+            kwargs=example,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={name: {0: "batch", 1: "length"} for name in names},
+            dynamo=False,
+            opset_version=17,
+        )
+        optimizer.optimize_model(
+            str(tmp / "model.onnx"),
+            model_type="bert",
+            num_heads=model.config.num_attention_heads,
+            hidden_size=model.config.hidden_size,
+        ).save_model_to_file(str(fused))
     path = fused
     if quantize:
         path = tmp / "model-int8.onnx"
-        quantize_dynamic(fused, path, weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # the fused ops carry no type
+        quantize_dynamic(
+            fused,
+            path,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )  # the fused ops carry no type
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -176,13 +195,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", type=int, default=300, help="texts for the one-at-a-time peer")
     parser.add_argument("--bf16", action="store_true", help="also measure lightbert --precision bf16")
-    parser.add_argument("--int8", action="store_true",
-                        help="also measure lightbert --precision int8 and, beside it, plain torch.ao dynamic quantization of every linear layer (not offered)")
-    parser.add_argument("--onnxruntime", action="store_true",
-                        help="also measure ONNX Runtime fp32 and int8 (fused graph; pip install onnx onnxruntime), candidates not offered")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also measure lightbert --precision int8 and, beside it, plain torch.ao dynamic quantization of every"
+        " linear layer (not offered)",
+    )
+    parser.add_argument(
+        "--onnxruntime",
+        action="store_true",
+        help="also measure ONNX Runtime fp32 and int8 (fused graph; pip install onnx onnxruntime), candidates"
+        " not offered",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides run")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
+    print(machine(), flush=True)
     if args.device != "cpu" and (args.int8 or args.onnxruntime):
         parser.error("--int8 and --onnxruntime are CPU candidates: use them with --device cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -214,31 +242,42 @@ def main() -> None:
     times |= {name: [] for name in variants}
     for _ in range(args.repeats):
         times["pipeline, batch 32"].append(len(texts) / timed(lambda: classify(texts, batch_size=32, truncation=True)))
-        times["pipeline, one text at a time"].append(len(single) / timed(lambda: [classify(t, truncation=True) for t in single]))
+        times["pipeline, one text at a time"].append(
+            len(single) / timed(lambda: [classify(t, truncation=True) for t in single])
+        )
         times["lightbert fp32"].append(len(texts) / timed(lambda: classifier.predict(texts, batch_size=32)))
         for name, variant in variants.items():
-            times[name].append(len(texts) / timed(lambda: variant.predict(texts, batch_size=32)))
+            times[name].append(len(texts) / timed(lambda variant=variant: variant.predict(texts, batch_size=32)))
 
     # Agreement with the pipeline (fp32 eager) on every text.
     theirs = classify(texts, batch_size=32, truncation=True)
     ours = classifier.predict(texts, batch_size=32)
-    agreement = sum(max(t, key=lambda r: r["score"])["label"] == o["label"] for t, o in zip(theirs, ours)) / len(texts)
-    max_prob_difference = max(abs({r["label"]: r["score"] for r in t}[name] - p)
-                              for t, o in zip(theirs, ours) for name, p in o["probs"].items())
+    pairs = list(zip(theirs, ours, strict=True))
+    agreement = sum(max(t, key=lambda r: r["score"])["label"] == o["label"] for t, o in pairs) / len(texts)
+    max_prob_difference = max(
+        abs({r["label"]: r["score"] for r in t}[name] - p) for t, o in pairs for name, p in o["probs"].items()
+    )
     sst2_count = args.texts // 2
     variant_agreement = {}  # with lightbert fp32: on the SST-2 sentences, on all texts, largest probability difference
     for name, variant in variants.items():
         predicted = variant.predict(texts, batch_size=32)
-        same = [a["label"] == b["label"] for a, b in zip(ours, predicted)]
-        difference = max(abs(a["probs"][label] - b["probs"][label]) for a, b in zip(ours, predicted) for label in a["probs"])
+        compared = list(zip(ours, predicted, strict=True))
+        same = [a["label"] == b["label"] for a, b in compared]
+        difference = max(abs(a["probs"][label] - b["probs"][label]) for a, b in compared for label in a["probs"])
         variant_agreement[name] = (sum(same[:sst2_count]) / sst2_count, sum(same) / len(same), difference)
 
     peak = fp32_peak_flops(args.device)
     flops = model_flops(classifier, texts)
     baseline = statistics.median(times["pipeline, batch 32"])
-    print(f"\nmodel: {model_name}; {len(texts)} texts ({args.texts // 2} SST-2 sentences + {args.texts - args.texts // 2} AG News articles);"
-          f" {torch.get_num_threads()} threads, device {args.device}; {args.repeats} repeats, medians")
-    print(f"fp32 matmul peak measured: {peak / 1e9:.0f} GFLOP/s; model work: {flops / 1e9:.0f} GFLOP (no padding) -> floor {len(texts) / (flops / peak):.0f} texts/s\n")
+    sentences, articles = args.texts // 2, args.texts - args.texts // 2
+    print(
+        f"\nmodel: {model_name}; {len(texts)} texts ({sentences} SST-2 sentences + {articles} AG News articles);"
+        f" {torch.get_num_threads()} threads, device {args.device}; {args.repeats} repeats, medians"
+    )
+    print(
+        f"fp32 matmul peak measured: {peak / 1e9:.0f} GFLOP/s; model work: {flops / 1e9:.0f} GFLOP (no padding)"
+        f" -> floor {len(texts) / (flops / peak):.0f} texts/s\n"
+    )
     print("| in process (model loaded) | texts/s | vs pipeline | of FLOP floor |")
     print("| --- | ---: | ---: | ---: |")
     results = {}
@@ -246,10 +285,15 @@ def main() -> None:
         rate = statistics.median(values)
         results[name] = rate
         print(f"| {name} | {rate:.0f} | {rate / baseline:.2f}x | {rate * flops / len(texts) / peak:.0%} |")
-    print(f"\nlightbert fp32 vs pipeline: label agreement {agreement:.2%}, max probability difference {max_prob_difference:.1e}")
+    print(
+        f"\nlightbert fp32 vs pipeline: label agreement {agreement:.2%},"
+        f" max probability difference {max_prob_difference:.1e}"
+    )
     for name, (on_sst2, on_all, difference) in variant_agreement.items():
-        print(f"{name} vs lightbert fp32: label agreement {on_sst2:.2%} on the SST-2 sentences, {on_all:.2%} on all texts,"
-              f" max probability difference {difference:.1e}")
+        print(
+            f"{name} vs lightbert fp32: label agreement {on_sst2:.2%} on the SST-2 sentences,"
+            f" {on_all:.2%} on all texts, max probability difference {difference:.1e}"
+        )
 
     # Whole commands on a file, and start-up.
     text_file = tmp / "texts.txt"
@@ -257,15 +301,48 @@ def main() -> None:
     (tmp / "peer.py").write_text(PIPELINE_SCRIPT)
     model_arg = args.model or directory
     commands = {
-        "pipeline script": [sys.executable, str(tmp / "peer.py"), directory, str(text_file), str(tmp / "peer.jsonl"), args.device],
-        "lightbert predict --input": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "--input", str(text_file),
-                                      "--output", str(tmp / "ours.jsonl"), "--overwrite", "true", "--device", args.device],
+        "pipeline script": [
+            sys.executable,
+            str(tmp / "peer.py"),
+            directory,
+            str(text_file),
+            str(tmp / "peer.jsonl"),
+            args.device,
+        ],
+        "lightbert predict --input": [
+            sys.executable,
+            "-m",
+            "lightbert.cli",
+            "predict",
+            model_arg,
+            "--input",
+            str(text_file),
+            "--output",
+            str(tmp / "ours.jsonl"),
+            "--overwrite",
+            "true",
+            "--device",
+            args.device,
+        ],
     }
     startup = {
-        "import torch, transformers + load model": [sys.executable, "-c",
-            f"import torch, transformers; transformers.AutoModelForSequenceClassification.from_pretrained({directory!r}).to({args.device!r});"
-            f" transformers.AutoTokenizer.from_pretrained({directory!r})"],
-        "lightbert predict MODEL 'one text'": [sys.executable, "-m", "lightbert.cli", "predict", model_arg, "one text", "--device", args.device],
+        "import torch, transformers + load model": [
+            sys.executable,
+            "-c",
+            "import torch, transformers;"
+            f" transformers.AutoModelForSequenceClassification.from_pretrained({directory!r}).to({args.device!r});"
+            f" transformers.AutoTokenizer.from_pretrained({directory!r})",
+        ],
+        "lightbert predict MODEL 'one text'": [
+            sys.executable,
+            "-m",
+            "lightbert.cli",
+            "predict",
+            model_arg,
+            "one text",
+            "--device",
+            args.device,
+        ],
     }
     print("\n| whole command | wall s | texts/s | peak RSS MiB |")
     print("| --- | ---: | ---: | ---: |")
@@ -286,10 +363,20 @@ def main() -> None:
     names = list(starts)
     print(f"\nstart-up ratio: {starts[names[1]] / starts[names[0]]:.2f}x the bare import + load (target <= 1.5x)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"in_process_texts_per_s": results, "agreement": agreement,
-                                               "max_prob_difference": max_prob_difference, "variant_agreement": variant_agreement,
-                                               "whole_command": whole, "startup_s": starts,
-                                               "fp32_peak_gflops": peak / 1e9}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "in_process_texts_per_s": results,
+                    "agreement": agreement,
+                    "max_prob_difference": max_prob_difference,
+                    "variant_agreement": variant_agreement,
+                    "whole_command": whole,
+                    "startup_s": starts,
+                    "fp32_peak_gflops": peak / 1e9,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

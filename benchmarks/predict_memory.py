@@ -20,17 +20,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import peak_by, run_child_traced
+from measure import machine, peak_by, run_child_traced
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+
 
 def real_texts() -> list[str]:
     with open(DATA / "sst2" / "train.tsv", encoding="utf-8") as f:
         sst2 = [r[0] for r in list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
     with open(DATA / "agnews" / "train.tsv", encoding="utf-8") as f:
         agnews = [r[0] for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    mixed = [text for pair in zip(sst2[:20000], agnews[:20000]) for text in pair]  # the same mix in every file size
+    mixed = [
+        text for pair in zip(sst2[:20000], agnews[:20000], strict=True) for text in pair
+    ]  # the same mix in every file size
     return [t.replace("\n", " ") for t in mixed]
 
 
@@ -38,12 +41,19 @@ def small_model(directory: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from lightbert.hf import default_base_model
+    from lightbert.bundled import default_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(default_base_model())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -54,12 +64,14 @@ def main() -> None:
     parser.add_argument("--lines", default="10000,100000,1000000", help="comma-separated file sizes in lines")
     parser.add_argument("--model", help="checkpoint or HF directory (default: a small random BERT)")
     args = parser.parse_args()
+    print(machine(), flush=True)
     sizes = [int(n) for n in args.lines.split(",")]
     texts = real_texts()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = args.model or str(small_model(tmp / "model"))
-        print(f"model: {args.model or 'small random BERT (hidden 64, 2 layers, MiniLM tokenizer)'}; texts: SST-2 and AG News alternating, cycled")
+        name = args.model or "small random BERT (hidden 64, 2 layers, MiniLM tokenizer)"
+        print(f"model: {name}; texts: SST-2 and AG News alternating, cycled")
         print("\n| lines | file MiB | wall s | texts/s | peak RSS MiB |")
         print("| ---: | ---: | ---: | ---: | ---: |")
         for n in sizes:
@@ -68,13 +80,18 @@ def main() -> None:
                 for i in range(n):
                     f.write(texts[i % len(texts)] + "\n")
             out = tmp / f"out-{n}.jsonl"
-            seconds, rss, trace = run_child_traced([sys.executable, "-m", "lightbert.cli", "predict", model, "--input", str(path),
-                                                    "--output", str(out)], env=os.environ | {"HF_HUB_OFFLINE": "1"})
+            seconds, rss, trace = run_child_traced(
+                [sys.executable, "-m", "lightbert.cli", "predict", model, "--input", str(path), "--output", str(out)],
+                env=os.environ | {"HF_HUB_OFFLINE": "1"},
+            )
             with open(out, "rb") as f:
                 written = sum(1 for _ in f)
             if written != n:
                 sys.exit(f"{written} records for {n} lines")
-            print(f"| {n:,} | {path.stat().st_size / 2**20:.0f} | {seconds:.0f} | {n / seconds:,.0f} | {rss:.0f} |", flush=True)
+            print(
+                f"| {n:,} | {path.stat().st_size / 2**20:.0f} | {seconds:.0f} | {n / seconds:,.0f} | {rss:.0f} |",
+                flush=True,
+            )
             path.unlink()
             out.unlink()
         shares = (0.1, 0.25, 0.5, 0.75, 1.0)

@@ -15,7 +15,7 @@ MIN_LIGHTNING = (2, 6, 6)
 
 _LAZY = {
     "load": "lightbert.loader",
-    "Classifier": "lightbert.predict",
+    "Classifier": "lightbert.classifier",
     "ClassificationDataModule": "lightbert.datamodule",
     "SequenceClassifier": "lightbert.model",
     "Checkpointing": "lightbert.callbacks",

@@ -44,7 +44,10 @@ class Checkpointing(ModelCheckpoint):
     def __init__(self, *args: Any, last_every_n_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if last_every_n_steps is not None and last_every_n_steps < 1:
-            raise LightbertError(f"last_every_n_steps must be at least 1, not {last_every_n_steps}", "pass --checkpoint.last_every_n_steps 100")
+            raise LightbertError(
+                f"last_every_n_steps must be at least 1, not {last_every_n_steps}",
+                "pass --checkpoint.last_every_n_steps 100",
+            )
         self.last_every_n_steps = last_every_n_steps
         self._last_step_refreshed = -1
         self.saved_on_sigterm: str | None = None
@@ -77,6 +80,11 @@ class Checkpointing(ModelCheckpoint):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Lightning raises SIGTERMException between batches, where the state is consistent and resumable.
-        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking and trainer.global_step > 0:
+        if (
+            isinstance(exception, SIGTERMException)
+            and self.save_last
+            and not trainer.sanity_checking
+            and trainer.global_step > 0
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self.saved_on_sigterm = self.last_model_path

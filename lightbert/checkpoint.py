@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lightbert.errors import LightbertError
+from lightbert.hf import load_tokenizer
 from lightbert.safety import check_hyperparameters, refuse_lfs_pointer
 
 FORMAT_VERSION = 1
@@ -34,8 +35,12 @@ def versions() -> dict[str, str]:
 
     from lightbert import __version__
 
-    return {"lightbert": str(__version__), "torch": str(torch.__version__),
-            "transformers": version("transformers"), "lightning": version("lightning")}
+    return {
+        "lightbert": str(__version__),
+        "torch": str(torch.__version__),
+        "transformers": version("transformers"),
+        "lightning": version("lightning"),
+    }
 
 
 def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
@@ -53,7 +58,9 @@ def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
                 raise TypeError(f"{where} has a key of type {type(key).__name__}")
             check_weights_only_safe(item, f"{where}[{key!r}]")
         return
-    raise TypeError(f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which weights_only loading refuses")
+    raise TypeError(
+        f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which weights_only loading refuses"
+    )
 
 
 # -- tokenizer files ------------------------------------------------------------------------------------------------
@@ -81,7 +88,10 @@ def write_tokenizer_files(files: dict[str, Any], directory: str | Path) -> None:
     for name, content in files.items():
         target = directory / name
         if not target.resolve().is_relative_to(directory.resolve()):
-            raise LightbertError(f"checkpoint names a tokenizer file outside its directory: {name!r}", "the file is corrupt or hostile; do not use it")
+            raise LightbertError(
+                f"checkpoint names a tokenizer file outside its directory: {name!r}",
+                "the file is corrupt or hostile; do not use it",
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, str):
             target.write_text(content, encoding="utf-8")
@@ -90,8 +100,7 @@ def write_tokenizer_files(files: dict[str, Any], directory: str | Path) -> None:
 
 
 def tokenizer_from_files(files: dict[str, Any]) -> Any:
-    from lightbert.hf import load_tokenizer
-
+    """The tokenizer that ``tokenizer_files`` captured (written to a temporary directory and loaded from there)."""
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(files, tmp)
         return load_tokenizer(tmp)
@@ -103,11 +112,16 @@ def tokenizer_from_files(files: dict[str, Any]) -> Any:
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU (and CUDA) RNG states, in weights_only-safe form."""
     version, python_state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -119,8 +133,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python["version"], tuple(int(x) for x in python["state"].tolist()), python["gauss"]))
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -165,57 +186,95 @@ def unsafe_pickle_error(path: str | Path, err: Exception) -> LightbertError:
     """The error for a pickle that ``weights_only`` loading refused, naming the object it wanted to build."""
     match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
     what = f"a {match.group(1)} object" if match else "objects beyond tensors and plain data"
-    return LightbertError(f"{path} holds {what}, which could run code when loaded; refused",
-                          "use a file written by lightbert or save_pretrained, or pass --trust_checkpoint for a file you made yourself")
+    return LightbertError(
+        f"{path} holds {what}, which could run code when loaded; refused",
+        "use a file written by lightbert or save_pretrained, or pass --trust_checkpoint for a file you made yourself",
+    )
 
 
 def _is_refused_object(err: Exception) -> bool:
     return bool(re.search(r"Unsupported (global|class|operand)|Weights only load failed", str(err)))
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Load a ``.ckpt`` on the CPU with ``weights_only=True``: a file that needs more is refused, never run, and so
-    is one whose hyper-parameters ask to import code. ``trust=True`` (``--trust_checkpoint``) unpickles anything,
-    for files the user made themselves, with a warning."""
+    is one whose hyper-parameters ask to import code. ``trust_checkpoint=True`` (``--trust_checkpoint``) unpickles
+    anything, for files the user made themselves, with a warning."""
     text = str(path)
     if "://" in text:
-        raise LightbertError(f"checkpoint paths must be local files, not URLs: {text}", "download the file yourself and check where it comes from")
+        raise LightbertError(
+            f"checkpoint paths must be local files, not URLs: {text}",
+            "download the file yourself and check where it comes from",
+        )
     path = Path(path)
     if not path.is_file():
-        raise LightbertError(f"checkpoint not found: {path}" if not path.is_dir() else f"{path} is a directory, not a checkpoint file",
-                             "check the path")
+        raise LightbertError(
+            f"checkpoint not found: {path}" if not path.is_dir() else f"{path} is a directory, not a checkpoint file",
+            "check the path",
+        )
     refuse_lfs_pointer(path)
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"PK\x03\x04" and not trust:
-        raise LightbertError(f"{path} is not a checkpoint file (torch.save writes a zip archive; this is not one)",
-                             "give a .ckpt written by lightbert or Lightning")
-    if trust:
-        print(f"warning: loading {path} with --trust_checkpoint: a pickle can run any code; do this only with files you made yourself", file=sys.stderr)
+    if magic != b"PK\x03\x04" and not trust_checkpoint:
+        raise LightbertError(
+            f"{path} is not a checkpoint file (torch.save writes a zip archive; this is not one)",
+            "give a .ckpt written by lightbert or Lightning",
+        )
+    if trust_checkpoint:
+        print(
+            f"warning: loading {path} with --trust_checkpoint: a pickle can run any code;"
+            " do this only with files you made yourself",
+            file=sys.stderr,
+        )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust, mmap=not trust)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=not trust_checkpoint)
     except pickle.UnpicklingError as err:
         if _is_refused_object(err):
             raise unsafe_pickle_error(path, err) from None
-        raise LightbertError(f"{path} is not a checkpoint (it cannot be unpickled)", "give a .ckpt written by lightbert or Lightning") from None
+        raise LightbertError(
+            f"{path} is not a checkpoint (it cannot be unpickled)", "give a .ckpt written by lightbert or Lightning"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError, ImportError, AttributeError, TypeError) as err:
         message = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         if "zip" in message or "central directory" in message or "mmap" in message or isinstance(err, EOFError):
-            raise LightbertError(f"{path} is truncated or corrupt ({message})", "use an earlier checkpoint, or save it again") from None
-        raise LightbertError(f"{path} is not a readable checkpoint ({message})", "give a .ckpt written by lightbert or Lightning") from None
+            raise LightbertError(
+                f"{path} is truncated or corrupt ({message})", "use an earlier checkpoint, or save it again"
+            ) from None
+        raise LightbertError(
+            f"{path} is not a readable checkpoint ({message})", "give a .ckpt written by lightbert or Lightning"
+        ) from None
     if not isinstance(checkpoint, dict):
-        raise LightbertError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})", "use a .ckpt written by lightbert or Lightning")
-    if not trust:
+        raise LightbertError(
+            f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})",
+            "use a .ckpt written by lightbert or Lightning",
+        )
+    if not trust_checkpoint:
         check_hyperparameters(checkpoint, path)
     return checkpoint
 
 
 def lightbert_section(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """The ``"lightbert"`` section of a checkpoint, checked for a version this release can read."""
+    """The ``"lightbert"`` section of a checkpoint, checked for a version this release can read and for the parts
+    a model is built from (the HF config and the tokenizer files)."""
     section = checkpoint.get(SECTION)
-    if not isinstance(section, dict) or "hf_config" not in section:
-        raise LightbertError(f"{path} is not a lightbert checkpoint (it has no model config or tokenizer)", "give a .ckpt written by lightbert fit")
+    if not isinstance(section, dict):
+        raise LightbertError(f"{path} has no lightbert section", "give a .ckpt written by lightbert fit")
     version = section.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise LightbertError(f"{path} has checkpoint format {version!r}; this lightbert reads up to {FORMAT_VERSION}", "upgrade lightbert")
+        raise LightbertError(
+            f"{path} has checkpoint format {version!r}; this lightbert reads up to {FORMAT_VERSION}",
+            "upgrade lightbert",
+        )
+    config, files = section.get("hf_config"), section.get("tokenizer_files")
+    problems = []
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        problems.append("no model config")
+    if not isinstance(files, dict) or not files:
+        problems.append("no tokenizer files")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        problems.append("no weights")
+    if problems:
+        raise LightbertError(
+            f"{path} has a damaged lightbert section ({', '.join(problems)})", "use another checkpoint of the run"
+        )
     return section

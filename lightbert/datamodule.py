@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from lightbert.data import (
-    BUNDLED_TRAIN,
-    BUNDLED_VALIDATION,
-    TASKS,
-    LabelEncoder,
-    LengthGroupedSampler,
-    PaddingCollator,
-    SortedSampler,
-    Task,
-    TokenizedDataset,
-    read_table,
-    select_columns,
-    table_format,
-    tokenize,
-)
+from lightbert.batching import LengthGroupedSampler, PaddingCollator, SortedSampler, TokenizedDataset, tokenize
+from lightbert.bundled import SST2_TRAIN, SST2_VALIDATION, default_base_model
 from lightbert.errors import LightbertError
-from lightbert.hf import check_model_dir, default_base_model, effective_max_length, head_labels, load_tokenizer
+from lightbert.hf import check_model_dir, effective_max_length, head_labels, load_config, load_tokenizer
+from lightbert.labels import LabelEncoder, Task, check_task
+from lightbert.tables import check_data_file, read_table, select_columns
+
+
+@dataclass
+class Rows:
+    """The texts, optional second texts and raw labels of a data file, row by row."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any]
+
+    def subset(self, ids: list[int]) -> Rows:
+        pairs = [self.pairs[i] for i in ids] if self.pairs is not None else None
+        return Rows([self.texts[i] for i in ids], pairs, [self.labels[i] for i in ids])
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -75,22 +77,21 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if train is None:
-            train, validation = str(BUNDLED_TRAIN), validation or str(BUNDLED_VALIDATION)
-        if task is not None and task not in TASKS:
-            raise LightbertError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+            train, validation = str(SST2_TRAIN), validation or str(SST2_VALIDATION)
+        check_task(task)
         if batch_size < 1:
             raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
         if not 0.0 < val_fraction < 1.0 and validation is None:
-            raise LightbertError(f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1")
+            raise LightbertError(
+                f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1"
+            )
         for path in (train, validation, test):
             if path is not None:  # fail before any run directory or model exists
-                table_format(path)
-                if not Path(path).is_file():
-                    raise LightbertError(f"data file not found: {path}", "check the path")
+                check_data_file(path)
         self.train_path, self.validation_path, self.test_path = train, validation, test
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.task = task
-        self.label_names = labels
+        self.labels = labels
         self.label_delimiter = label_delimiter
         self.header = header
         self.requested_max_length = max_length
@@ -101,7 +102,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.tokenizer_path = tokenizer
-        self.has_pairs = text_pair_column is not None
+        self.paired = text_pair_column is not None
         self.tokenizer: Any = None
         self.base_config: Any = None
         self.encoder: LabelEncoder | None = None
@@ -115,67 +116,72 @@ class ClassificationDataModule(pl.LightningDataModule):
         """What a checkpoint must remember to read new data the same way (JSON-safe)."""
         return {
             "task": self.task,
-            "labels": self.label_names,
+            "labels": self.labels,
             "text_column": self.text_column,
             "text_pair_column": self.text_pair_column,
             "label_column": self.label_column,
             "label_delimiter": self.label_delimiter,
             "max_length": self.max_length,
-            "pair": self.has_pairs,
+            "paired": self.paired,
         }
 
     # -- reading -----------------------------------------------------------------------------------------------
 
-    def _read(self, path: str, require_label: bool = True) -> tuple[list[str], list[str] | None, list[Any] | None]:
-        table = read_table(path, self.header, expected_columns=[self.text_column, self.text_pair_column, self.label_column])
-        return select_columns(table, path, self.text_column, self.text_pair_column, self.label_column, require_label)
+    def _read(self, path: str) -> Rows:
+        expected = [self.text_column, self.text_pair_column, self.label_column]
+        table = read_table(path, self.header, expected_columns=expected)
+        texts, pairs, labels = select_columns(table, path, self.text_column, self.text_pair_column, self.label_column)
+        return Rows(texts, pairs, labels or [])
 
     def _ensure_tokenizer(self) -> None:
         if self.tokenizer is not None:
             return
-        from transformers import AutoConfig
-
         path = check_model_dir(self.tokenizer_path or default_base_model())
         self.tokenizer = load_tokenizer(path)
-        self.base_config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.base_config = load_config(path)
         self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
 
-    def _dataset(self, texts: list[str], pairs: list[str] | None, labels: list[Any] | None, source: str) -> TokenizedDataset:
+    def _dataset(self, rows: Rows, source: str) -> TokenizedDataset:
         assert self.encoder is not None
-        targets = self.encoder.encode(labels, source) if labels is not None else None
-        return TokenizedDataset(tokenize(self.tokenizer, texts, pairs, self.max_length), targets)
+        targets = self.encoder.encode(rows.labels, source)
+        return TokenizedDataset(tokenize(self.tokenizer, rows.texts, rows.pairs, self.max_length), targets)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self._ensure_tokenizer()
-        texts, pairs, labels = self._read(self.train_path)
-        self.has_pairs = pairs is not None
+        train = self._read(self.train_path)
+        self.paired = train.pairs is not None
         if self.validation_path is None:
             generator = torch.Generator().manual_seed(self.seed)
-            permutation = torch.randperm(len(texts), generator=generator).tolist()
-            n_val = max(1, round(len(texts) * self.val_fraction))
-            if n_val >= len(texts):
-                raise LightbertError(f"{self.train_path} has too few rows ({len(texts)}) to split off validation", "give --data.validation")
-            val_ids, train_ids = sorted(permutation[:n_val]), sorted(permutation[n_val:])
-            pick = lambda values, ids: [values[i] for i in ids] if values is not None else None  # noqa: E731
-            val_split = (pick(texts, val_ids), pick(pairs, val_ids), pick(labels, val_ids))
-            texts, pairs, labels = pick(texts, train_ids), pick(pairs, train_ids), pick(labels, train_ids)
+            permutation = torch.randperm(len(train.texts), generator=generator).tolist()
+            n_val = max(1, round(len(train.texts) * self.val_fraction))
+            if n_val >= len(train.texts):
+                raise LightbertError(
+                    f"{self.train_path} has too few rows ({len(train.texts)}) to split off validation",
+                    "give --data.validation",
+                )
+            train, validation = train.subset(sorted(permutation[n_val:])), train.subset(sorted(permutation[:n_val]))
         else:
-            val_split = self._read(self.validation_path)
-            if (val_split[1] is not None) != self.has_pairs:
-                raise LightbertError(f"{self.validation_path} and {self.train_path} differ in having a second text column", "use the same columns")
-        self.encoder = LabelEncoder.fit(labels, self.task, self.label_names, self.label_delimiter, source=str(self.train_path))
-        if self.label_names is None and self.encoder.names is not None:
+            validation = self._read(self.validation_path)
+            if (validation.pairs is not None) != self.paired:
+                raise LightbertError(
+                    f"{self.validation_path} and {self.train_path} differ in having a second text column",
+                    "use the same columns",
+                )
+        self.encoder = LabelEncoder.fit(
+            train.labels, self.task, self.labels, self.label_delimiter, str(self.train_path)
+        )
+        if self.labels is None and self.encoder.labels is not None:
             # Continuing from a fine-tuned classifier with the same labels: keep its label order, and so its head.
-            base_names = head_labels(self.base_config)
-            if base_names is not None and set(base_names) == set(self.encoder.names):
-                self.encoder.names = base_names
-        self.task, self.label_names = self.encoder.task, self.encoder.names
-        self.datasets["train"] = self._dataset(texts, pairs, labels, str(self.train_path))
-        self.datasets["validation"] = self._dataset(*val_split, source=str(self.validation_path or self.train_path))
+            base_labels = head_labels(self.base_config)
+            if base_labels is not None and set(base_labels) == set(self.encoder.labels):
+                self.encoder.labels = base_labels
+        self.task, self.labels = self.encoder.task, self.encoder.labels  # type: ignore[assignment]
+        self.datasets["train"] = self._dataset(train, str(self.train_path))
+        self.datasets["validation"] = self._dataset(validation, str(self.validation_path or self.train_path))
         if self.test_path is not None:
-            self.datasets["test"] = self._dataset(*self._read(self.test_path), source=str(self.test_path))
+            self.datasets["test"] = self._dataset(self._read(self.test_path), str(self.test_path))
 
     # -- loaders -----------------------------------------------------------------------------------------------
 
@@ -217,7 +223,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or self.train_sampler is None:
             return {}
-        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
         n = len(self.datasets["train"])
         return {"epoch": int(trainer.current_epoch), "samples_done": int(min(batches_done * self.batch_size, n))}
 

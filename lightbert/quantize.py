@@ -23,17 +23,16 @@ with; the labels agree with fp32 on about 99.5% of SST-2 (benchmarks/predict.py 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from lightbert.data import BUNDLED_VALIDATION, read_table
+from lightbert.bundled import SST2_VALIDATION
 from lightbert.errors import LightbertError
 from lightbert.fastpath import encoder_layers
-
-if TYPE_CHECKING:
-    from lightbert.predict import Classifier
+from lightbert.tables import read_table
 
 CALIBRATION_TEXTS = 256  # the first sentences of the bundled SST-2 validation sample
 SMOOTHING = 0.75  # SmoothQuant's alpha: 0.5, 0.75, 0.9 and 1.0 tried on MiniLM; 0.75 had the smallest logit error
@@ -55,6 +54,7 @@ class Int8Linear(nn.Module):
             warnings.simplefilter("ignore")  # quantized tensors are deprecated in PyTorch; nothing a user can act on
             qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self.inverse_scale: torch.Tensor
         self.register_buffer("inverse_scale", (1.0 / input_scale).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,29 +72,33 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     if layers is None:
         raise LightbertError(f"int8 supports BERT-family encoders, not {type(model).__name__}", "use --precision fp32")
     inside = {id(module) for module in layers.modules()}
-    return {name: module for name, module in model.named_modules()
-            if id(module) in inside and isinstance(module, nn.Linear) and module.in_features <= module.out_features}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if id(module) in inside and isinstance(module, nn.Linear) and module.in_features <= module.out_features
+    }
 
 
 def calibration_texts(n: int = CALIBRATION_TEXTS) -> list[str]:
-    return read_table(BUNDLED_VALIDATION)["sentence"][:n]
+    """The first ``n`` sentences of the bundled SST-2 validation sample: fixed, so results do not depend on the
+    user's input."""
+    return [str(text) for text in read_table(SST2_VALIDATION)["sentence"][:n]]
 
 
-def input_peaks(classifier: Classifier, linears: dict[str, nn.Linear], texts: list[str]) -> dict[str, torch.Tensor]:
-    """Each linear layer's largest input magnitude per channel while the classifier predicts ``texts``."""
+def input_peaks(linears: dict[str, nn.Linear], calibrate: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    """Each linear layer's largest input magnitude per channel while ``calibrate()`` runs the model."""
     peaks: dict[str, torch.Tensor] = {}
 
-    def record(name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def record(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             peak = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0)
             peaks[name] = torch.maximum(peaks[name], peak) if name in peaks else peak
+
         return hook
 
     handles = [linear.register_forward_hook(record(name)) for name, linear in linears.items()]
     try:
-        # Pair models see each calibration text with the next one as its second text.
-        pairs = texts[1:] + texts[:1] if classifier.trained_on_pairs else None
-        classifier.logits(texts, pairs)
+        calibrate()
     finally:
         for handle in handles:
             handle.remove()
@@ -108,17 +112,19 @@ def smoothing_scale(peak: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_int8(classifier: Classifier) -> int:
-    """Replace the classifier's quantizable linear layers by ``Int8Linear`` in place; returns how many."""
-    from lightbert.predict import resolve_device
-
-    resolve_device(classifier.device, "int8")  # refuses a model already on a GPU, as --device does
-    model = classifier.model
+def quantize_int8(model: nn.Module, calibrate: Callable[[], Any]) -> int:
+    """Replace ``model``'s quantizable linear layers by ``Int8Linear`` in place, smoothed by the input peaks seen
+    while ``calibrate()`` runs the model (on calibration texts); returns how many layers. The model must be on
+    the CPU."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise LightbertError("int8 runs on the CPU only", "move the model to the CPU first")
     if not hasattr(torch.ops.quantized, "linear_dynamic") or "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise LightbertError("int8 needs PyTorch's x86 int8 kernels (fbgemm), which this build or CPU lacks", "use --precision fp32")
+        raise LightbertError(
+            "int8 needs PyTorch's x86 int8 kernels (fbgemm), which this build or CPU lacks", "use --precision fp32"
+        )
     model.float()
     linears = quantizable_linears(model)
-    peaks = input_peaks(classifier, linears, calibration_texts())
+    peaks = input_peaks(linears, calibrate)
     for name, linear in linears.items():
         parent, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent), attribute, Int8Linear(linear, smoothing_scale(peaks[name])))

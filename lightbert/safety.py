@@ -7,25 +7,48 @@
 - ``check_hyperparameters``: refuses checkpoints whose hyper-parameters ask Lightning to import something.
 - ``atomic_write``: temporary file in the same directory, flushed and fsynced, renamed over the target, directory
   fsynced; the previous file stays intact until the new one is complete.
+- ``staged_directory``: the same for a whole directory (built beside its destination, renamed into place).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from lightbert.errors import LightbertError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec"
-SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
-                           "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit
 # The value LightningCLI itself writes; anything else would make Lightning import a name taken from the file.
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -44,7 +67,9 @@ def is_lfs_pointer(path: Path) -> bool:
 
 def refuse_lfs_pointer(path: Path) -> None:
     if is_lfs_pointer(path):
-        raise LightbertError(f"{path} is a Git LFS pointer, not the file itself", "fetch the real file with 'git lfs pull'")
+        raise LightbertError(
+            f"{path} is a Git LFS pointer, not the file itself", "fetch the real file with 'git lfs pull'"
+        )
 
 
 def check_safetensors(path: Path) -> None:
@@ -52,7 +77,10 @@ def check_safetensors(path: Path) -> None:
     refuse_lfs_pointer(path)
 
     def bad(reason: str) -> LightbertError:
-        return LightbertError(f"{path} is not a valid safetensors file: {reason}", "the file is truncated or corrupt; save or download it again")
+        return LightbertError(
+            f"{path} is not a valid safetensors file: {reason}",
+            "the file is truncated or corrupt; save or download it again",
+        )
 
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -104,20 +132,30 @@ def check_model_files(path: Path, weights: bool) -> dict[str, Any]:
     """config.json of a Hugging Face directory (refusing remote code) and, if ``weights``, its weight files."""
     config_path = path / "config.json"
     if not config_path.is_file():
-        raise LightbertError(f"{path} has no config.json, so it is not a Hugging Face model directory", "give a directory written by save_pretrained")
+        raise LightbertError(
+            f"{path} has no config.json, so it is not a Hugging Face model directory",
+            "give a directory written by save_pretrained",
+        )
     refuse_lfs_pointer(config_path)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LightbertError(f"{config_path} is not valid JSON ({err})", "the directory is corrupt; save it again") from None
+        raise LightbertError(
+            f"{config_path} is not valid JSON ({err})", "the directory is corrupt; save it again"
+        ) from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise LightbertError(f"{config_path} has no model_type", "give a directory written by save_pretrained")
     if config.get("auto_map"):
-        raise LightbertError(f"{path} asks for remote code (auto_map in config.json), which lightbert never runs", "use a model whose code ships with transformers")
+        raise LightbertError(
+            f"{path} asks for remote code (auto_map in config.json), which lightbert never runs",
+            "use a model whose code ships with transformers",
+        )
     if weights:
         present = [name for name in WEIGHT_FILES if (path / name).is_file()]
         if not present:
-            raise LightbertError(f"{path} has no weights (model.safetensors or pytorch_model.bin)", "save the model with save_pretrained")
+            raise LightbertError(
+                f"{path} has no weights (model.safetensors or pytorch_model.bin)", "save the model with save_pretrained"
+            )
         for name in present:
             if name == "model.safetensors":
                 check_safetensors(path / name)
@@ -134,10 +172,14 @@ def _index_shards(index: Path) -> list[str]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = [str(v) for v in weight_map.values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise LightbertError(f"{index} is not a valid weight index", "the directory is corrupt; save it again") from None
+        raise LightbertError(
+            f"{index} is not a valid weight index", "the directory is corrupt; save it again"
+        ) from None
     for shard in shards:
         if Path(shard).name != shard or not (index.parent / shard).is_file():
-            raise LightbertError(f"{index} names a missing or outside shard: {shard!r}", "the directory is incomplete; save it again")
+            raise LightbertError(
+                f"{index} names a missing or outside shard: {shard!r}", "the directory is incomplete; save it again"
+            )
     return shards
 
 
@@ -150,11 +192,15 @@ def check_hyperparameters(checkpoint: dict[str, Any], path: Path) -> None:
             continue
         instantiator = hparams.get("_instantiator")
         if instantiator is not None and instantiator != LIGHTNING_INSTANTIATOR:
-            raise LightbertError(f"{path} asks to import {instantiator!r} through {key}['_instantiator']; refused",
-                                 "lightbert never imports code named in a checkpoint; use another file")
+            raise LightbertError(
+                f"{path} asks to import {instantiator!r} through {key}['_instantiator']; refused",
+                "lightbert never imports code named in a checkpoint; use another file",
+            )
         if "_class_path" in hparams:
-            raise LightbertError(f"{path} asks to import {hparams['_class_path']!r} through {key}['_class_path']; refused",
-                                 "lightbert never imports code named in a checkpoint; use another file")
+            raise LightbertError(
+                f"{path} asks to import {hparams['_class_path']!r} through {key}['_class_path']; refused",
+                "lightbert never imports code named in a checkpoint; use another file",
+            )
 
 
 def fsync_directory(directory: Path) -> None:
@@ -186,8 +232,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], what: str
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         if err.errno == errno.ENOSPC:
-            raise LightbertError(f"disk full while writing {what} {path}; the previous one is intact", "free some space and run again") from None
-        raise LightbertError(f"cannot write {what} {path}: {err.strerror or err}", "check the directory's permissions and free space") from None
+            raise LightbertError(
+                f"disk full while writing {what} {path}; the previous one is intact", "free some space and run again"
+            ) from None
+        raise LightbertError(
+            f"cannot write {what} {path}: {err.strerror or err}", "check the directory's permissions and free space"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -211,5 +261,43 @@ def check_writable_directory(directory: str | Path, what: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".lightbert-write-test-"):
             pass
     except OSError as err:
-        raise LightbertError(f"{what} {directory} is not writable ({err.strerror or err})", "choose a directory you can write to") from None
+        raise LightbertError(
+            f"{what} {directory} is not writable ({err.strerror or err})", "choose a directory you can write to"
+        ) from None
     return directory
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory next to ``out_dir`` and rename it into place once the ``with`` block succeeds, so a failure
+    leaves nothing behind and never touches what was there. An existing non-empty ``out_dir`` is replaced only with
+    ``overwrite``, and only after the new one is complete."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LightbertError(f"{out_dir} exists and is not a directory", "choose another output directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise LightbertError(
+            f"output directory is not empty: {out_dir}", "choose another directory or pass --overwrite"
+        )
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
+    except OSError as err:
+        raise LightbertError(
+            f"cannot write {out_dir} ({err.strerror or err})", "choose a directory you can write to"
+        ) from None
+    try:
+        yield staging
+        if out_dir.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            previous.rmdir()
+            out_dir.rename(previous)
+            staging.rename(out_dir)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+        fsync_directory(parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

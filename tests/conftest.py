@@ -1,67 +1,18 @@
-"""Shared fixtures: tiny random BERT/DistilBERT/RoBERTa model directories and small data files, built in the test
-session (no download, no network), and paths to the real data in ../shared/data."""
+"""Shared fixtures: tiny random BERT/DistilBERT/RoBERTa model directories, one tiny trained lightbert checkpoint and
+one recipe checkpoint for the whole session, small data files, and the real data in ../shared/data. Nothing is
+downloaded; everything is built in the test session."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import random
 from pathlib import Path
 
 import pytest
+from helpers import SHARED_DATA, make_base_model, run_cli, sentiment_rows, train_recipe, write_csv
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy", "bright", "warm"]
-NEGATIVE = ["bad", "awful", "poor", "sad", "dull", "grim", "cold", "weak"]
-NEUTRAL = ["the", "a", "film", "movie", "was", "is", "very", "plot", "actor", "story", "and", "but", "quite", "rather"]
-TOPICS = {"sports": ["goal", "match", "team"], "politics": ["vote", "law", "senate"], "science": ["atom", "cell", "lab"]}
-VOCAB_WORDS = sorted(set(POSITIVE + NEGATIVE + NEUTRAL + [w for ws in TOPICS.values() for w in ws]))
-
-
-def make_tokenizer(directory: Path):
-    """A small WordPiece tokenizer (BERT-style) written to ``directory``."""
-    from transformers import BertTokenizerFast
-
-    directory.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
-    (directory / "vocab.txt").write_text("\n".join(specials + VOCAB_WORDS + letters + list(".,!?")) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
-    tokenizer.model_max_length = 512
-    tokenizer.save_pretrained(str(directory))
-    return tokenizer
-
-
-def make_base_model(directory: Path, arch: str = "bert", dtype: str | None = None) -> Path:
-    """A tiny random model without a classification head (like a pretrained encoder), plus its tokenizer."""
-    import torch
-    from transformers import AutoModel, BertConfig, DistilBertConfig, RobertaConfig
-
-    tokenizer = make_tokenizer(directory)
-    vocab = len(tokenizer)
-    torch.manual_seed(0)
-    if arch == "bert":
-        config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=37, max_position_embeddings=64)
-    elif arch == "distilbert":
-        config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=37,
-                                  max_position_embeddings=64)
-    elif arch == "roberta":
-        config = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=37, max_position_embeddings=66, pad_token_id=0, type_vocab_size=1)
-    else:
-        raise ValueError(arch)
-    model = AutoModel.from_config(config)
-    if dtype == "bfloat16":
-        model = model.to(torch.bfloat16)
-    model.save_pretrained(str(directory))
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -79,38 +30,69 @@ def tiny_roberta(tmp_path_factory) -> Path:
     return make_base_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
 
 
-def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Learnable toy sentiment: a positive or negative word among neutral ones; varied lengths."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = rng.choices(NEUTRAL, k=rng.randint(2, 12)) + [rng.choice(POSITIVE if label else NEGATIVE)]
-        rng.shuffle(words)
-        rows.append((" ".join(words), str(label)))
-    return rows
-
-
-def write_csv(path: Path, header: list[str] | None, rows: list[tuple]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        if header:
-            writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def sentiment_files(tmp_path) -> tuple[Path, Path]:
-    """A training and a validation CSV of toy sentiment (header text,label)."""
+    """A training and a validation CSV of toy sentiment (header text,label; labels 0 and 1)."""
     train = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(40, seed=1))
     val = write_csv(tmp_path / "val.csv", ["text", "label"], sentiment_rows(8, seed=2))
     return train, val
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_bert) -> Path:
+    """The run directory of one `lightbert fit` on tiny BERT, shared by the whole session (read it, never change
+    it): labels negative/positive, 24 training rows, batch 8, 2 epochs (6 steps), last.ckpt refreshed every 3 steps.
+    """
+    tmp = tmp_path_factory.mktemp("trained")
+    named = [(text, ["negative", "positive"][int(label)]) for text, label in sentiment_rows(24)]
+    train = write_csv(tmp / "train.csv", ["text", "label"], named)
+    val = write_csv(tmp / "val.csv", ["text", "label"], named[:8])
+    result = run_cli(
+        "fit",
+        f"--model.base={tiny_bert}",
+        f"--data.train={train}",
+        f"--data.validation={val}",
+        f"--trainer.default_root_dir={tmp / 'runs'}",
+        "--trainer.max_epochs=2",
+        "--data.batch_size=8",
+        "--model.learning_rate=0.001",
+        "--checkpoint.last_every_n_steps=3",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    )
+    assert result.code == 0, result.err
+    return tmp / "runs" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run) -> Path:
+    """last.ckpt of the shared run (epoch 1, step 6)."""
+    return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def classifier(trained_checkpoint):
+    """The shared checkpoint, loaded once (fp32, CPU). Tests that change its precision load their own."""
+    from lightbert import load
+
+    return load(trained_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def exported_dir(trained_checkpoint, tmp_path_factory) -> Path:
+    """The shared checkpoint exported as a Hugging Face directory (read it, never change it)."""
+    from lightbert.export import export
+
+    out = tmp_path_factory.mktemp("exported") / "model"
+    export(trained_checkpoint, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def recipe_checkpoint(tmp_path_factory, tiny_bert):
+    """A recipe checkpoint (HF model under `self.model`, 3 labels, save_hyperparameters naming the base), with the
+    module that wrote it and its tokenizer."""
+    return train_recipe(tiny_bert, tmp_path_factory.mktemp("recipe"))
 
 
 @pytest.fixture(scope="session")
@@ -118,13 +100,3 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "sst2" / "train.tsv").is_file():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
-
-
-def quiet_trainer(**kwargs):
-    """A Trainer for tests: CPU, no logger files, no progress bar, deterministic."""
-    import lightning.pytorch as pl
-
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=False, deterministic=True, num_sanity_val_steps=0)
-    options.update(kwargs)
-    return pl.Trainer(**options)

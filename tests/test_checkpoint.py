@@ -1,5 +1,5 @@
-"""Checkpoints are self-contained (config, labels, tokenizer, data settings, training config) and safe
-(only what torch.load(weights_only=True) accepts)."""
+"""Checkpoints are self-contained (config, labels, tokenizer, data settings, training config) and safe (only what
+torch.load(weights_only=True) accepts)."""
 
 from __future__ import annotations
 
@@ -11,35 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_base_model, sentiment_rows, write_csv, write_jsonl
+from helpers import fit_args, make_base_model, run_cli, sentiment_rows, write_csv, write_jsonl
 
 from lightbert import load
 from lightbert.checkpoint import check_weights_only_safe, read_checkpoint
-from lightbert.cli import main
 from lightbert.errors import LightbertError
 
 
-def fit_cli(base: Path, train: Path, val: Path, root: Path, *extra: str) -> Path:
-    """Run `lightbert fit` in-process; returns the run directory."""
-    code = main(["fit", f"--model.base={base}", f"--data.train={train}", f"--data.validation={val}",
-                 f"--trainer.default_root_dir={root}", "--trainer.max_epochs=2", "--data.batch_size=8",
-                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra])
-    assert code == 0
-    runs = sorted(root.glob("version_*"))
-    return runs[-1]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_bert):
-    tmp = tmp_path_factory.mktemp("trained")
-    train = write_csv(tmp / "train.csv", ["text", "label"], [(t, "pos" if l == "1" else "neg") for t, l in sentiment_rows(40)])
-    val = write_csv(tmp / "val.csv", ["text", "label"], [(t, "pos" if l == "1" else "neg") for t, l in sentiment_rows(8, 5)])
-    return fit_cli(tiny_bert, train, val, tmp / "runs", "--checkpoint.last_every_n_steps=3")
+def fit(base: Path, train: Path, val: Path, root: Path, *extra: str) -> Path:
+    """`lightbert fit` in-process, 2 epochs of batch 8; returns the run directory."""
+    result = run_cli(*fit_args(base, train, val, root, *extra, epochs=2))
+    assert result.code == 0, result.err
+    return sorted(root.glob("version_*"))[-1]
 
 
 def test_every_checkpoint_written_loads_with_weights_only(trained_run):
     checkpoints = sorted((trained_run / "checkpoints").glob("*.ckpt"))
-    assert {p.name for p in checkpoints} >= {"last.ckpt"} and any(p.name.startswith("best-") for p in checkpoints)
+    assert "last.ckpt" in {p.name for p in checkpoints} and any(p.name.startswith("best-") for p in checkpoints)
     for path in checkpoints:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         assert {"state_dict", "optimizer_states", "lr_schedulers", "loops", "lightbert"} <= set(checkpoint)
@@ -47,33 +35,34 @@ def test_every_checkpoint_written_loads_with_weights_only(trained_run):
 
 @pytest.mark.parametrize("task", ["multi_label", "regression"])
 def test_checkpoints_of_other_tasks_load_with_weights_only(task, tmp_path, tiny_distilbert):
+    rows = sentiment_rows(16)
     if task == "multi_label":
-        path = write_jsonl(tmp_path / "d.jsonl", [{"text": t, "label": ["a", "b"] if l == "1" else ["b"]} for t, l in sentiment_rows(16)])
+        records = [{"text": text, "label": ["a", "b"] if label == "1" else ["b"]} for text, label in rows]
+        path = write_jsonl(tmp_path / "d.jsonl", records)
     else:
-        path = write_csv(tmp_path / "d.csv", ["text", "score"], [(t, f"{int(l) + 0.5}") for t, l in sentiment_rows(16)])
-    run = fit_cli(tiny_distilbert, path, path, tmp_path / "runs")
+        path = write_csv(tmp_path / "d.csv", ["text", "score"], [(text, f"{int(label) + 0.5}") for text, label in rows])
+    run = fit(tiny_distilbert, path, path, tmp_path / "runs")
     for ckpt in (run / "checkpoints").glob("*.ckpt"):
         assert torch.load(ckpt, weights_only=True)["lightbert"]["task"] == task
 
 
-def test_checkpoint_carries_config_labels_tokenizer_and_settings(trained_run):
-    section = read_checkpoint(trained_run / "checkpoints" / "last.ckpt")["lightbert"]
-    assert section["hf_config"]["id2label"] == {"0": "neg", "1": "pos"}
+def test_checkpoint_carries_config_labels_tokenizer_and_settings(trained_checkpoint):
+    section = read_checkpoint(trained_checkpoint)["lightbert"]
+    assert section["hf_config"]["id2label"] == {"0": "negative", "1": "positive"}
     assert section["hf_config"]["problem_type"] == "single_label_classification"
-    assert section["labels"] == ["neg", "pos"] and section["task"] == "single_label"
+    assert section["labels"] == ["negative", "positive"] and section["task"] == "single_label"
     assert {"tokenizer.json", "tokenizer_config.json"} <= set(section["tokenizer_files"])
     assert section["data"]["max_length"] == 64 and section["data"]["text_column"] is None
+    assert section["data"]["paired"] is False
     assert "max_epochs: 2" in section["training_config"] and "batch_size: 8" in section["training_config"]
     assert set(section["versions"]) == {"lightbert", "torch", "transformers", "lightning"}
     assert set(section["rng"]) >= {"python", "numpy", "torch"}
 
 
-def test_checkpoint_loads_in_a_fresh_process_without_the_base_model(tmp_path, sentiment_files):
+def test_checkpoint_loads_in_a_fresh_process_without_the_base_model_or_network(tmp_path, sentiment_files):
     base = make_base_model(tmp_path / "base-to-delete", "bert")
-    run = fit_cli(base, *sentiment_files, tmp_path / "runs")
-    ckpt = run / "checkpoints" / "last.ckpt"
-    expected = load(ckpt).logits(["a good film", "bad"])
-    torch.save(expected, tmp_path / "expected.pt")
+    ckpt = fit(base, *sentiment_files, tmp_path / "runs") / "checkpoints" / "last.ckpt"
+    torch.save(load(ckpt).logits(["a good film", "bad"]), tmp_path / "expected.pt")
     shutil.rmtree(base)
     script = textwrap.dedent(f"""
         import socket, torch
@@ -84,11 +73,12 @@ def test_checkpoint_loads_in_a_fresh_process_without_the_base_model(tmp_path, se
         import lightbert
         classifier = lightbert.load({str(ckpt)!r})
         logits = classifier.logits(["a good film", "bad"])
-        assert torch.equal(logits, torch.load({str(tmp_path / 'expected.pt')!r})), logits
-        assert classifier.labels == ["0", "1"] and classifier.source == "lightbert"
+        assert torch.equal(logits, torch.load({str(tmp_path / "expected.pt")!r})), logits
+        assert classifier.labels == ["0", "1"] and classifier.info.kind == "lightbert"
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    env = {"HF_HUB_OFFLINE": "1", "PATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
 
@@ -104,7 +94,7 @@ def test_the_safety_check_refuses_objects_that_weights_only_loading_refuses():
 def test_reading_a_non_checkpoint_is_a_clear_error(tmp_path):
     text = tmp_path / "notes.ckpt"
     text.write_text("hello")
-    with pytest.raises(LightbertError, match="notes.ckpt is not a checkpoint file"):
+    with pytest.raises(LightbertError, match=r"notes\.ckpt is not a checkpoint file"):
         read_checkpoint(text)
     with pytest.raises(LightbertError, match="checkpoint not found"):
         read_checkpoint(tmp_path / "missing.ckpt")

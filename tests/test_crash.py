@@ -1,5 +1,6 @@
-"""Crashes, kills and full disks: the latest complete checkpoint always loads, and resuming from it finishes the
-run with the same weights as a run that was never interrupted."""
+"""Crashes, kills and full disks: the latest complete checkpoint always loads, and resuming from it finishes the run
+with the same weights as a run that was never interrupted. The runs that get killed are real processes; the
+uninterrupted run and the resumed ones run in this process."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import quiet_trainer, sentiment_rows, write_csv
+from helpers import assert_one_error_line, fit_args, quiet_trainer, run_cli, sentiment_rows, write_csv
 
 from lightbert.callbacks import Checkpointing
 from lightbert.checkpoint import read_checkpoint
@@ -29,31 +30,30 @@ STEPS = 60  # 120 rows, batch 4, 2 epochs
 @pytest.fixture(scope="module")
 def run_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crash-data")
-    return (write_csv(tmp / "train.csv", ["text", "label"], sentiment_rows(120, seed=3)),
-            write_csv(tmp / "val.csv", ["text", "label"], sentiment_rows(8, seed=4)))
+    return (
+        write_csv(tmp / "train.csv", ["text", "label"], sentiment_rows(120, seed=3)),
+        write_csv(tmp / "val.csv", ["text", "label"], sentiment_rows(8, seed=4)),
+    )
 
 
-def fit_command(base: Path, files, root: Path, *extra: str) -> list[str]:
-    train, val = files
-    return [sys.executable, "-m", "lightbert.cli", "fit", f"--model.base={base}", f"--data.train={train}",
-            f"--data.validation={val}", f"--trainer.default_root_dir={root}", "--trainer.max_epochs=2",
-            "--data.batch_size=4", "--model.learning_rate=0.002", "--checkpoint.last_every_n_steps=1",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
+def crash_fit_args(base: Path, files, root: Path, *extra: str) -> list[str]:
+    """120 rows, batch 4, 2 epochs (60 steps), last.ckpt refreshed at every step."""
+    extra = ("--model.learning_rate=0.002", "--checkpoint.last_every_n_steps=1", *extra)
+    return fit_args(base, *files, root, *extra, epochs=2, batch=4)
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "lightbert.cli", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_step(path: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``path`` holds a checkpoint of at least ``step`` (replaced atomically: a read sees a whole one)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and read_checkpoint(path)["global_step"] >= step):
         assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert time.monotonic() < deadline, f"{path} never reached step {step}"
         time.sleep(0.05)
 
 
@@ -71,8 +71,8 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_bert, run_files, tmp_path_factory):
     root = tmp_path_factory.mktemp("straight")
-    result = run(fit_command(tiny_bert, run_files, root))
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(*crash_fit_args(tiny_bert, run_files, root))
+    assert result.code == 0, result.err
     return final_weights(root)
 
 
@@ -80,19 +80,22 @@ def resume_and_compare(base, files, killed_root: Path, tmp_path: Path, uninterru
     last = killed_root / "version_0" / "checkpoints" / "last.ckpt"
     step = read_checkpoint(last)["global_step"]  # the latest complete checkpoint loads
     resumed_root = tmp_path / "resumed"
-    result = run(fit_command(base, files, resumed_root, f"--ckpt_path={last}"))
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(*crash_fit_args(base, files, resumed_root, f"--ckpt_path={last}"))
+    assert result.code == 0, result.err
     weights = final_weights(resumed_root) if step < STEPS else read_checkpoint(last)["state_dict"]
     assert max_difference(weights, uninterrupted) <= 1e-6
     return step
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(seed, tiny_bert, run_files, tmp_path, uninterrupted):
+def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(
+    seed, tiny_bert, run_files, tmp_path, uninterrupted
+):
     root = tmp_path / "killed"
-    process = start(fit_command(tiny_bert, run_files, root))
-    wait_for(root / "version_0" / "checkpoints" / "last.ckpt", process)
-    time.sleep(random.Random(seed).uniform(0.0, 1.5))  # training writes last.ckpt every step: kills land mid-write too
+    process = start(crash_fit_args(tiny_bert, run_files, root))
+    wait_for_step(root / "version_0" / "checkpoints" / "last.ckpt", 1, process)
+    # A random moment, on purpose: training writes last.ckpt every step, so kills land mid-write too.
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
     process.kill()
     process.wait()
     names = [p.name for p in (root / "version_0" / "checkpoints").iterdir()]
@@ -101,18 +104,18 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(s
     assert 0 < step <= STEPS
 
 
-def test_sigterm_saves_a_checkpoint_exits_non_zero_and_resumes_exactly(tiny_bert, run_files, tmp_path, uninterrupted):
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_bert, run_files, tmp_path, uninterrupted):
     root = tmp_path / "terminated"
     last = root / "version_0" / "checkpoints" / "last.ckpt"
-    process = start(fit_command(tiny_bert, run_files, root))
-    wait_for(last, process)
-    time.sleep(0.3)
+    process = start(crash_fit_args(tiny_bert, run_files, root))
+    wait_for_step(last, 3, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by SIGTERM (saved {last}; resume with --ckpt_path {last})")
+    expected = f"error: stopped by SIGTERM (saved {last}; resume with --ckpt_path {last})"
+    assert stderr.strip().splitlines()[-1].startswith(expected)
     step = resume_and_compare(tiny_bert, run_files, root, tmp_path, uninterrupted)
-    assert 0 < step < STEPS
+    assert 3 <= step < STEPS
 
 
 def test_a_crash_inside_the_checkpoint_writer_leaves_the_previous_checkpoint(tiny_bert, run_files, tmp_path):
@@ -147,8 +150,10 @@ trainer.fit(SequenceClassifier(base={str(tiny_bert)!r}), dm)
     # The next run in that directory clears it away.
     pl.seed_everything(0, verbose=False)
     dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(tiny_bert), batch_size=4)
-    quiet_trainer(max_steps=1, enable_checkpointing=True, callbacks=[Checkpointing(dirpath=str(tmp_path), save_last=True)]).fit(
-        SequenceClassifier(base=str(tiny_bert)), dm)
+    checkpoint = Checkpointing(dirpath=str(tmp_path), save_last=True)
+    quiet_trainer(max_steps=1, enable_checkpointing=True, callbacks=[checkpoint]).fit(
+        SequenceClassifier(base=str(tiny_bert)), dm
+    )
     assert not list(tmp_path.glob(".last.ckpt.*.tmp"))
 
 
@@ -164,10 +169,10 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(tiny_
     train, val = run_files
     pl.seed_everything(0, verbose=False)
     dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(tiny_bert), batch_size=4)
-    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True,
-                            callbacks=[Checkpointing(dirpath=str(tmp_path), save_last=True, last_every_n_steps=1)])
+    checkpoint = Checkpointing(dirpath=str(tmp_path), save_last=True, last_every_n_steps=1)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
     monkeypatch.setattr(torch, "save", save_until_disk_full)
-    with pytest.raises(LightbertError, match="disk full while writing checkpoint .*last.ckpt; the previous one is intact"):
+    with pytest.raises(LightbertError, match=r"disk full while writing checkpoint .*last\.ckpt; the previous one is"):
         trainer.fit(SequenceClassifier(base=str(tiny_bert)), dm)
     monkeypatch.undo()
     assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 2
@@ -177,7 +182,9 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(tiny_
 def test_an_unwritable_output_directory_stops_before_training(tiny_bert, run_files, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = run(fit_command(tiny_bert, run_files, blocker / "runs"))
-    assert result.returncode == 2
-    assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        f"error: output directory {blocker / 'runs'} is not writable (Not a directory) (choose a directory you can write to)"]
+    result = run_cli(*crash_fit_args(tiny_bert, run_files, blocker / "runs"))
+    assert_one_error_line(result)
+    assert result.err_lines == [
+        f"error: output directory {blocker / 'runs'} is not writable (Not a directory)"
+        " (choose a directory you can write to)"
+    ]

@@ -12,9 +12,9 @@ from torch import nn
 
 from lightbert.fastpath import (
     CpuDropout,
+    GeluThenLinear,
     drop_threshold,
     dropout,
-    GeluThenLinear,
     keep_mask,
     use_cpu_dropout,
     use_first_position_only,
@@ -48,8 +48,11 @@ FAST_PATHS = {
 
 def assert_same_loss_and_gradients(arch, request, *switches, steps=1, autocast=False, tolerance=1e-6):
     base = request.getfixturevalue(arch)
-    names = ("dropout", "attention_dropout", "seq_classif_dropout") if arch == "tiny_distilbert" else (
-        "hidden_dropout_prob", "attention_probs_dropout_prob")
+    names = (
+        ("dropout", "attention_dropout", "seq_classif_dropout")
+        if arch == "tiny_distilbert"
+        else ("hidden_dropout_prob", "attention_probs_dropout_prob")
+    )
     plain = classifier(base, **{name: NO_DROP for name in names}).train()
     switched = copy.deepcopy(plain)
     for switch in switches:
@@ -62,7 +65,7 @@ def assert_same_loss_and_gradients(arch, request, *switches, steps=1, autocast=F
         torch.testing.assert_close(actual.logits, expected.logits, atol=tolerance, rtol=0)
         expected.loss.backward()
         actual.loss.backward()
-    for (name, p), q in zip(plain.named_parameters(), switched.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), switched.parameters(), strict=True):
         assert q.grad.dtype == p.dtype, name
         torch.testing.assert_close(q.grad, p.grad, atol=tolerance, rtol=0, msg=name)
 
@@ -103,7 +106,9 @@ def test_switching_keeps_the_state_dict_and_the_saved_config(tiny_bert):
     assert switched.state_dict().keys() == plain.state_dict().keys()
     assert switched.config.to_json_string() == plain.config.to_json_string()
     assert all(type(m) is not nn.Dropout for m in switched.modules())
-    assert sum(isinstance(m, nn.Dropout) for m in switched.modules()) == sum(isinstance(m, nn.Dropout) for m in plain.modules())
+    assert sum(isinstance(m, nn.Dropout) for m in switched.modules()) == sum(
+        isinstance(m, nn.Dropout) for m in plain.modules()
+    )
 
 
 def test_attention_probabilities_are_dropped_in_training_only(tiny_bert):
@@ -155,7 +160,7 @@ def test_attention_dropout_times_values_has_the_gradients_of_dropout_then_matmul
     plain = torch.matmul(dropout(probs, 0.3), value)
     plain_grads = torch.autograd.grad(plain, (probs, value), out_grad)
     torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
-    for actual, expected in zip(fused_grads, plain_grads):
+    for actual, expected in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
 
 
@@ -191,6 +196,7 @@ def test_first_position_only_needs_a_head_that_reads_only_the_first_position(tin
 def test_first_position_only_is_applied_once(tiny_bert):
     model = classifier(tiny_bert).eval()
     assert use_first_position_only(model) and use_first_position_only(model)
+    assert len(model.bert.encoder.layer[-1].attention._forward_hooks) == 1  # switching again adds no second cut
     inputs, _ = padded_batch(tiny_bert)
     assert model.base_model(**inputs).last_hidden_state.shape[1] == 1
 

@@ -9,20 +9,21 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
-from conftest import sentiment_rows, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_predict import train_checkpoint
 
-from lightbert import load
-from lightbert.data import LabelEncoder, read_table, select_columns
+from lightbert.labels import LabelEncoder
+from lightbert.tables import read_table, select_columns
 
 # Any Unicode but surrogates (not encodable) and NUL (no text format here carries it).
 ANY_CHARACTER = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
-TSV_CHARACTER = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+TSV_CHARACTER = st.characters(
+    blacklist_categories=("Cs",), blacklist_characters="\x00\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+)
 LABELS = st.sampled_from(["World", "Sports", "Sci/Tech", "a b", "0", "1", "12", "ünïcode"])
-PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY_SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def rows_of(characters):
@@ -31,14 +32,14 @@ def rows_of(characters):
 
 def labels_read_back(labels):
     # Labels are compared as the model will see them: the encoder's names for each row.
-    encoder = LabelEncoder("single_label", sorted({str(l).strip() for l in labels}))
+    encoder = LabelEncoder("single_label", sorted({str(label).strip() for label in labels}))
     return encoder.encode(labels, "x").tolist()
 
 
 def round_trip(path: Path, rows):
     texts, _, labels = select_columns(read_table(path), path)
     assert texts == [t for t, _ in rows]
-    assert labels_read_back(labels) == labels_read_back([l for _, l in rows])
+    assert labels_read_back(labels) == labels_read_back([label for _, label in rows])
 
 
 @PROPERTY_SETTINGS
@@ -58,7 +59,7 @@ def test_csv_round_trips(rows):
 def test_tsv_round_trips(rows):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.tsv"
-        path.write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows), encoding="utf-8")
+        path.write_text("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows), encoding="utf-8")
         round_trip(path, rows)
 
 
@@ -67,7 +68,7 @@ def test_tsv_round_trips(rows):
 def test_jsonl_round_trips(rows):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.jsonl"
-        path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows), encoding="utf-8")
+        path.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="utf-8")
         round_trip(path, rows)
 
 
@@ -76,15 +77,8 @@ def test_jsonl_round_trips(rows):
 def test_parquet_round_trips(rows):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.parquet"
-        pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [l for _, l in rows]}), path)
+        pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [label for _, label in rows]}), path)
         round_trip(path, rows)
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory, tiny_bert):
-    tmp = tmp_path_factory.mktemp("prop")
-    rows = write_csv(tmp / "t.csv", ["text", "label"], sentiment_rows(16))
-    return load(train_checkpoint(tiny_bert, tmp, rows))
 
 
 TEXTS = st.one_of(
@@ -100,7 +94,7 @@ TEXTS = st.one_of(
 def test_predict_never_fails_and_answers_each_text_in_order(classifier, texts):
     records = classifier.predict(texts, batch_size=4)
     assert len(records) == len(texts)
-    for text, record in zip(texts, records):
+    for text, record in zip(texts, records, strict=True):
         alone = classifier.predict([text])[0]
         assert record["label"] == alone["label"]
         assert abs(record["score"] - alone["score"]) <= 1e-5

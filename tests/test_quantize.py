@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
-
 from lightbert.fastpath import encoder_layers
-from lightbert.predict import Classifier
 from lightbert.quantize import Int8Linear, calibration_texts, quantizable_linears, smoothing_scale
+from lightbert.sources import ModelInfo
 
 TEXTS = ["a good film", "bad plot and a sad story", "", "the actor was superb " * 30, "great", "cold grim weak"]
 
@@ -48,7 +48,8 @@ def test_a_channel_silent_during_calibration_is_not_blown_up():
 def test_int8_quantizes_every_encoder_linear_but_the_feed_forward_output_and_keeps_the_head(base, request):
     directory = request.getfixturevalue(base)
     model = AutoModelForSequenceClassification.from_pretrained(str(directory), num_labels=2)
-    classifier = Classifier(model, AutoTokenizer.from_pretrained(str(directory)), 64, "hf", str(directory), {})
+    info = ModelInfo(kind="huggingface", path=str(directory))
+    classifier = Classifier(model, AutoTokenizer.from_pretrained(str(directory)), 64, info)
     before = classifier.logits(TEXTS)
     classifier.set_precision("int8")
     for layer in encoder_layers(classifier.model):

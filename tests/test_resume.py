@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import quiet_trainer
+from helpers import quiet_trainer, sentiment_rows, write_csv
 
 from lightbert.callbacks import Checkpointing
 from lightbert.datamodule import ClassificationDataModule
@@ -34,19 +35,27 @@ class Recorder(pl.Callback):
         self.samples.append(batch["index"].tolist())
 
 
-def run(base, files, ckpt_dir, recorder, ckpt_path=None, last_every_n_steps=None):
+def files(directory):
+    """The module's data: 40 training rows (10 batches of 4) and 8 validation rows."""
+    return (
+        write_csv(directory / "train.csv", ["text", "label"], sentiment_rows(40, seed=1)),
+        write_csv(directory / "val.csv", ["text", "label"], sentiment_rows(8, seed=2)),
+    )
+
+
+def run(base, data_files, ckpt_dir, recorder, ckpt_path=None, last_every_n_steps=None):
     pl.seed_everything(123, verbose=False)
-    train, val = files
+    train, val = data_files
     dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(base), batch_size=4)
     model = SequenceClassifier(base=str(base), learning_rate=2e-3, warmup_steps=3)
-    checkpoint = Checkpointing(dirpath=str(ckpt_dir), monitor="val_loss", save_last=True, save_top_k=1,
-                               last_every_n_steps=last_every_n_steps)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[recorder, checkpoint], enable_checkpointing=True,
-                            num_sanity_val_steps=2)
-    try:
+    checkpoint = Checkpointing(
+        dirpath=str(ckpt_dir), monitor="val_loss", save_last=True, save_top_k=1, last_every_n_steps=last_every_n_steps
+    )
+    trainer = quiet_trainer(
+        max_epochs=2, callbacks=[recorder, checkpoint], enable_checkpointing=True, num_sanity_val_steps=2
+    )
+    with contextlib.suppress(Interrupted):
         trainer.fit(model, dm, ckpt_path=ckpt_path)
-    except Interrupted:
-        pass
     return model, trainer
 
 
@@ -54,35 +63,39 @@ def max_param_difference(a: SequenceClassifier, b: SequenceClassifier) -> float:
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
 
 
-@pytest.fixture
-def uninterrupted(tiny_bert, sentiment_files, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_bert, tmp_path_factory):
+    """One uninterrupted run for the whole module: the reference every resumed run must end at."""
+    tmp = tmp_path_factory.mktemp("straight")
     recorder = Recorder()
-    model, trainer = run(tiny_bert, sentiment_files, tmp_path / "straight", recorder)
+    model, trainer = run(tiny_bert, files(tmp), tmp / "checkpoints", recorder)
     assert trainer.global_step == 20  # 40 rows, batch 4, 2 epochs
-    return model, recorder
+    return model, recorder, tmp / "checkpoints" / "last.ckpt"
 
 
-def test_resume_after_an_epoch_matches_the_uninterrupted_run(tiny_bert, sentiment_files, tmp_path, uninterrupted):
-    straight_model, straight = uninterrupted
+def test_resume_after_an_epoch_matches_the_uninterrupted_run(tiny_bert, tmp_path, uninterrupted):
+    straight_model, straight, _ = uninterrupted
+    data = files(tmp_path)
     first = Recorder(stop_before_step=10)  # the first step of epoch 1: epoch 0 and its checkpoint are done
-    run(tiny_bert, sentiment_files, tmp_path / "a", first)
+    run(tiny_bert, data, tmp_path / "a", first)
     assert len(first.lrs) == 10
     assert torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["global_step"] == 10
     second = Recorder()
-    resumed_model, trainer = run(tiny_bert, sentiment_files, tmp_path / "b", second, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
+    resumed_model, trainer = run(tiny_bert, data, tmp_path / "b", second, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
     assert trainer.global_step == 20
     assert first.lrs + second.lrs == straight.lrs
     assert first.samples + second.samples == straight.samples
     assert max_param_difference(resumed_model, straight_model) <= 1e-6
 
 
-def test_resume_mid_epoch_sees_the_same_samples_and_ends_with_the_same_weights(tiny_bert, sentiment_files, tmp_path, uninterrupted):
-    straight_model, straight = uninterrupted
+def test_resume_mid_epoch_sees_the_same_samples_and_ends_with_the_same_weights(tiny_bert, tmp_path, uninterrupted):
+    straight_model, straight, _ = uninterrupted
+    data = files(tmp_path)
     first = Recorder(stop_before_step=7)  # 7 of the epoch's 10 batches done; last.ckpt refreshed at step 7
-    run(tiny_bert, sentiment_files, tmp_path / "a", first, last_every_n_steps=7)
+    run(tiny_bert, data, tmp_path / "a", first, last_every_n_steps=7)
     assert torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["global_step"] == 7
     second = Recorder()
-    resumed_model, trainer = run(tiny_bert, sentiment_files, tmp_path / "b", second, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
+    resumed_model, trainer = run(tiny_bert, data, tmp_path / "b", second, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
     assert second.samples == straight.samples[7:]  # no repeats, no skips
     assert first.lrs + second.lrs == straight.lrs
     assert trainer.global_step == 20
@@ -114,9 +127,9 @@ def test_resume_restores_optimizer_scheduler_and_counters(tiny_bert, sentiment_f
         assert torch.equal(seen["optimizer"]["state"][index]["step"], state["step"])
 
 
-def test_resuming_a_finished_run_trains_nothing(tiny_bert, sentiment_files, tmp_path, uninterrupted):
-    straight_model, _ = uninterrupted
+def test_resuming_a_finished_run_trains_nothing(tiny_bert, tmp_path, uninterrupted):
+    straight_model, _, last = uninterrupted
     recorder = Recorder()
-    model, trainer = run(tiny_bert, sentiment_files, tmp_path / "again", recorder, ckpt_path=str(tmp_path / "straight" / "last.ckpt"))
+    model, trainer = run(tiny_bert, files(tmp_path), tmp_path / "again", recorder, ckpt_path=str(last))
     assert recorder.lrs == [] and trainer.global_step == 20
     assert max_param_difference(model, straight_model) == 0.0

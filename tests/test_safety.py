@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import sentiment_rows, write_csv
-from test_predict import train_checkpoint
+from helpers import assert_one_error_line, copy_directory, run_cli, sentiment_rows, write_csv
 
-from lightbert.cli import main
 from lightbert.errors import LightbertError
-from lightbert.export import export
-from lightbert.safety import atomic_write, check_safetensors, remove_stale_temporaries
+from lightbert.safety import atomic_write, check_safetensors, remove_stale_temporaries, staged_directory
 
 PROBE_MODULE = "lightbert_probe_payload"
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lightbert.cli", *args], capture_output=True, text=True,
-                          env=environment, timeout=600, cwd=cwd)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("error: ") and lines[0].rstrip().endswith(")"), lines[0]
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-# -- files to be hostile with --------------------------------------------------------------------------------------------
+# -- files to be hostile with ------------------------------------------------------------------------------------------
 
 
 class Payload:
@@ -50,13 +30,6 @@ class Payload:
         return (open, (str(self.sentinel), "w"))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_bert):
-    tmp = tmp_path_factory.mktemp("safety")
-    rows = write_csv(tmp / "t.csv", ["text", "label"], [(t, ["neg", "pos"][int(l)]) for t, l in sentiment_rows(16)])
-    return train_checkpoint(tiny_bert, tmp, rows)
-
-
 @pytest.fixture
 def evil_pickle(tmp_path):
     sentinel = tmp_path / "pwned"
@@ -66,92 +39,89 @@ def evil_pickle(tmp_path):
 
 
 @pytest.fixture
-def import_payload(tmp_path, checkpoint):
+def import_payload(tmp_path, trained_checkpoint, monkeypatch):
     """A plain-data checkpoint (weights_only loads it) whose hyper-parameters name a module to import; the module
     writes a sentinel file if it is ever imported."""
     module_dir = tmp_path / "mods"
     module_dir.mkdir()
     sentinel = tmp_path / "imported"
     (module_dir / f"{PROBE_MODULE}.py").write_text(f"open({str(sentinel)!r}, 'w').close()\ndef boom(*a, **k): pass\n")
-    data = torch.load(checkpoint, weights_only=True)
+    monkeypatch.syspath_prepend(str(module_dir))  # importable, if anything ever tried
+    data = torch.load(trained_checkpoint, weights_only=True)
     data["hyper_parameters"]["_instantiator"] = f"{PROBE_MODULE}.boom"
     path = tmp_path / "payload.ckpt"
     torch.save(data, path)
-    class_path = torch.load(checkpoint, weights_only=True)
+    class_path = torch.load(trained_checkpoint, weights_only=True)
     class_path["hyper_parameters"]["_class_path"] = f"{PROBE_MODULE}.Model"
     torch.save(class_path, tmp_path / "class_path.ckpt")
-    return path, tmp_path / "class_path.ckpt", module_dir, sentinel
+    return path, tmp_path / "class_path.ckpt", sentinel
 
 
 # -- no code runs from a file ----------------------------------------------------------------------------------------
 
 
-def test_malicious_pickle_is_refused_by_every_entry_point(evil_pickle, tmp_path, tiny_bert, sentiment_files, capsys):
+def test_malicious_pickle_is_refused_by_every_entry_point(evil_pickle, tmp_path, tiny_bert, sentiment_files):
     path, sentinel = evil_pickle
     train, val = sentiment_files
-    for args in (["predict", str(path), "text"], ["export", str(path), str(tmp_path / "out")], ["inspect", str(path)],
-                 ["fit", f"--model.base={tiny_bert}", f"--data.train={train}", f"--data.validation={val}",
-                  f"--trainer.default_root_dir={tmp_path / 'runs'}", f"--ckpt_path={path}"]):
-        assert main(args) == 2, args
-        error = capsys.readouterr().err
-        assert "builtins.open object, which could run code" in error or "io.open object, which could run code" in error, error
+    fit = [
+        "fit",
+        f"--model.base={tiny_bert}",
+        f"--data.train={train}",
+        f"--data.validation={val}",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        f"--ckpt_path={path}",
+    ]
+    for args in (["predict", path, "text"], ["export", path, tmp_path / "out"], ["inspect", path], fit):
+        result = run_cli(*args)
+        assert_one_error_line(result, "open object, which could run code")
     assert not sentinel.exists()
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("which", ["_instantiator", "_class_path"])
-def test_hyperparameter_import_payload_is_refused_before_any_import(which, import_payload, tmp_path):
-    instantiator, class_path, module_dir, sentinel = import_payload
+def test_hyperparameter_import_payload_is_refused_before_any_import(which, import_payload):
+    instantiator, class_path, sentinel = import_payload
     path = instantiator if which == "_instantiator" else class_path
-    for args in (["predict", str(path), "text"], ["inspect", str(path)]):
-        result = cli(*args, env={"PYTHONPATH": str(module_dir)})
-        assert_one_error_line(result, f"through hyper_parameters['{which}']; refused")
-    assert not sentinel.exists()
+    for args in (["predict", path, "text"], ["inspect", path]):
+        assert_one_error_line(run_cli(*args), f"through hyper_parameters['{which}']; refused")
+    assert not sentinel.exists() and PROBE_MODULE not in sys.modules
 
 
-def test_trust_checkpoint_loads_a_pickle_with_a_warning(checkpoint, tmp_path):
-    data = torch.load(checkpoint, weights_only=True)
+def test_trust_checkpoint_loads_a_pickle_with_a_warning(trained_checkpoint, tmp_path):
+    data = torch.load(trained_checkpoint, weights_only=True)
     data["hyper_parameters"]["where"] = Path("/tmp")  # harmless, but not weights_only-safe
     path = tmp_path / "mine.ckpt"
     torch.save(data, path)
-    assert_one_error_line(cli("predict", str(path), "good"), "pathlib", "refused")
-    result = cli("predict", str(path), "good", "--trust_checkpoint", "true")
-    assert result.returncode == 0 and "warning: loading" in result.stderr and "--trust_checkpoint" in result.stderr
-    assert json.loads(result.stdout)["label"] in ("neg", "pos")
+    assert_one_error_line(run_cli("predict", path, "good"), "pathlib", "refused")
+    result = run_cli("predict", path, "good", "--trust_checkpoint", "true")
+    assert result.code == 0 and "warning: loading" in result.err and "--trust_checkpoint" in result.err
+    assert json.loads(result.out)["label"] in ("negative", "positive")
 
 
-# -- the matrix of bad inputs --------------------------------------------------------------------------------------------
+# -- the matrix of bad inputs ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory, checkpoint, tiny_bert):
+def bad_inputs(tmp_path_factory, trained_checkpoint, exported_dir):
     tmp = tmp_path_factory.mktemp("bad")
     files = {}
     files["notes"] = tmp / "notes.ckpt"
     files["notes"].write_text("just some text\n")
-    raw = checkpoint.read_bytes()
+    raw = trained_checkpoint.read_bytes()
     files["truncated"] = tmp / "truncated.ckpt"
     files["truncated"].write_bytes(raw[: len(raw) - 1024])
     files["empty_dir"] = tmp / "empty_dir"
     files["empty_dir"].mkdir()
-    hf = tmp / "hf"
-    export(checkpoint, hf)
-    cut = tmp / "cut_safetensors"
-    cut.mkdir()
-    for p in hf.iterdir():
-        (cut / p.name).write_bytes(p.read_bytes())
-    weights = (hf / "model.safetensors").read_bytes()
+    cut = copy_directory(exported_dir, tmp / "cut_safetensors")
+    weights = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     files["cut_safetensors"] = cut
-    lfs = tmp / "lfs"
-    lfs.mkdir()
-    for p in hf.iterdir():
-        (lfs / p.name).write_bytes(p.read_bytes())
+    lfs = copy_directory(exported_dir, tmp / "lfs")
     (lfs / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
     files["lfs"] = lfs
-    files["hf"] = hf
+    files["hf"] = exported_dir
     files["train"] = write_csv(tmp / "train.csv", ["text", "label"], sentiment_rows(16))
-    files["no_text"] = write_csv(tmp / "no_text.csv", ["review", "label"], [(t, l) for t, l in sentiment_rows(8)])
+    files["no_text"] = write_csv(tmp / "no_text.csv", ["review", "label"], sentiment_rows(8))
     files["empty"] = tmp / "empty.csv"
     files["empty"].write_text("")
     files["latin1"] = tmp / "latin1.csv"
@@ -159,7 +129,8 @@ def bad_inputs(tmp_path_factory, checkpoint, tiny_bert):
     files["unseen"] = write_csv(tmp / "unseen.csv", ["text", "label"], [("meh", "2"), ("good", "1")])
     files["nan"] = write_csv(tmp / "nan.csv", ["text", "score"], [("good", "1.5"), ("bad", "nan"), ("ok", "2.5")])
     files["mixed"] = write_csv(tmp / "mixed.csv", ["text", "label"], [("good", "1"), ("bad", "negative")])
-    files["three"] = write_csv(tmp / "three.csv", ["text", "label"], [(t, ["a", "b", "c"][i % 3]) for i, (t, _) in enumerate(sentiment_rows(12))])
+    three = [(text, ["a", "b", "c"][i % 3]) for i, (text, _) in enumerate(sentiment_rows(12))]
+    files["three"] = write_csv(tmp / "three.csv", ["text", "label"], three)
     files["ragged"] = tmp / "ragged.csv"
     files["ragged"].write_text("text,label\ngood,1\nbad,0,extra\n", encoding="utf-8")
     files["not_json"] = tmp / "not_json.jsonl"
@@ -174,18 +145,42 @@ CASES = {
     "directory without config": (["predict", "{empty_dir}", "x"], ["has no config.json"]),
     "non-checkpoint file": (["predict", "{notes}", "x"], ["is not a checkpoint file"]),
     "truncated checkpoint": (["predict", "{truncated}", "x"], ["truncated.ckpt is truncated or corrupt"]),
-    "corrupt safetensors": (["predict", "{cut_safetensors}", "x"], ["model.safetensors is not a valid safetensors file"]),
+    "corrupt safetensors": (
+        ["predict", "{cut_safetensors}", "x"],
+        ["model.safetensors is not a valid safetensors file"],
+    ),
     "git lfs pointer": (["predict", "{lfs}", "x"], ["is a Git LFS pointer", "git lfs pull"]),
     "url": (["predict", "https://example.com/model.ckpt", "x"], ["not URLs"]),
-    "missing text column": (["fit", "--data.train={no_text}", "--data.validation={no_text}", "--data.text_column=text"], ["no text column 'text'"]),
+    "missing text column": (
+        ["fit", "--data.train={no_text}", "--data.validation={no_text}", "--data.text_column=text"],
+        ["no text column 'text'"],
+    ),
     "empty data file": (["fit", "--data.train={empty}", "--data.validation={train}"], ["data file is empty"]),
     "not utf-8": (["fit", "--data.train={latin1}", "--data.validation={train}"], ["is not valid UTF-8"]),
-    "row with too many fields": (["fit", "--data.train={ragged}", "--data.validation={train}"], ["row 2 has 3 fields", "check the delimiter"]),
-    "jsonl line not json": (["predict", "{hf}", "--input", "{not_json}"], ["as jsonl: line 2", "one JSON object per line"]),
-    "unseen validation label": (["fit", "--data.train={train}", "--data.validation={unseen}"], ["labels the model does not know: 2"]),
-    "nan regression target": (["fit", "--data.train={nan}", "--data.validation={nan}"], ["row 2 has regression target 'nan'"]),
-    "mixed label types": (["fit", "--data.train={mixed}", "--data.validation={mixed}"], ["mixes numeric and text labels"]),
-    "label count differs from the base head": (["fit", "--model.base={hf}", "--data.train={three}", "--data.validation={three}"], ["fine-tuned for", "--model.new_head"]),
+    "row with too many fields": (
+        ["fit", "--data.train={ragged}", "--data.validation={train}"],
+        ["row 2 has 3 fields", "check the delimiter"],
+    ),
+    "jsonl line not json": (
+        ["predict", "{hf}", "--input", "{not_json}"],
+        ["as jsonl: line 2", "one JSON object per line"],
+    ),
+    "unseen validation label": (
+        ["fit", "--data.train={train}", "--data.validation={unseen}"],
+        ["labels the model does not know: 2"],
+    ),
+    "nan regression target": (
+        ["fit", "--data.train={nan}", "--data.validation={nan}"],
+        ["row 2 has regression target 'nan'"],
+    ),
+    "mixed label types": (
+        ["fit", "--data.train={mixed}", "--data.validation={mixed}"],
+        ["mixes numeric and text labels"],
+    ),
+    "label count differs from the base head": (
+        ["fit", "--model.base={hf}", "--data.train={three}", "--data.validation={three}"],
+        ["fine-tuned for", "--model.new_head"],
+    ),
     "output file exists": (["predict", "{hf}", "x", "--output", "{existing}"], ["output file exists"]),
     "bad flag": (["predict", "{hf}", "x", "--batch_size", "many"], ["batch_size"]),
 }
@@ -201,12 +196,12 @@ def test_bad_input_gets_one_clear_line_exit_2_and_loses_nothing(case, bad_inputs
             args.append(f"--model.base={tiny_bert}")
         args.append(f"--trainer.default_root_dir={tmp_path / 'runs'}")
     before = {p: p.read_bytes() for p in bad_inputs.values() if isinstance(p, Path) and p.is_file()}
-    assert_one_error_line(cli(*args), *fragments)
+    assert_one_error_line(run_cli(*args), *fragments)
     assert not (tmp_path / "runs").exists()  # refused before a run directory was made
     assert {p: p.read_bytes() for p in before} == before
 
 
-# -- safetensors validation ---------------------------------------------------------------------------------------------
+# -- safetensors validation --------------------------------------------------------------------------------------------
 
 
 def safetensors_file(tmp_path, header: dict | bytes, data: bytes = b"", length: int | None = None) -> Path:
@@ -228,7 +223,15 @@ GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
         (b"not json at all", b"", None, "not JSON"),
         (b"[1, 2]", b"", None, "not a JSON object"),
         ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None, "do not hold shape"),
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, None, "overlaps"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+            None,
+            "overlaps",
+        ),
         ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "no known dtype"),
         ({"__metadata__": {"format": 1}, **GOOD}, b"\0" * 8, None, "__metadata__"),
     ],
@@ -270,3 +273,14 @@ def test_old_lightning_is_refused_at_start_up():
     code = "import importlib.metadata as m; m.version = lambda name: '2.6.3'; import lightbert"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "lightbert needs lightning>=2.6.6, found 2.6.3" in result.stderr
+
+
+def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_directory(out) as staging:
+        (staging / "half").write_text("written")
+        raise RuntimeError("failed half-way")
+    assert list(tmp_path.iterdir()) == []
+    with staged_directory(out) as staging:
+        (staging / "whole").write_text("written")
+    assert [p.name for p in out.iterdir()] == ["whole"] and len(list(tmp_path.iterdir())) == 1

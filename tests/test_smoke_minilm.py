@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import quiet_trainer
+from helpers import quiet_trainer, shared_sample
 
 from lightbert import load
 from lightbert.callbacks import Checkpointing
@@ -17,30 +15,25 @@ from lightbert.model import SequenceClassifier
 pytestmark = pytest.mark.smoke
 
 
-def sample(source, target, rows, skip=0):
-    """The first `rows` data rows of a TSV (after `skip`), with its header if it has one."""
-    with open(source, encoding="utf-8") as f:
-        lines = f.readlines()
-    header = lines[:1] if lines[0].startswith("sentence\t") else []
-    body = lines[len(header) + skip:len(header) + skip + rows]
-    target.write_text("".join(header + body), encoding="utf-8")
-    return target
-
-
 def fit_minilm(tmp_path, train, val, steps=4, **data_kwargs):
     pl.seed_everything(0, verbose=False)
     dm = ClassificationDataModule(train=str(train), validation=str(val), batch_size=8, max_length=64, **data_kwargs)
     model = SequenceClassifier(learning_rate=1e-4)
     checkpoint = Checkpointing(dirpath=str(tmp_path / "ckpt"), monitor="val_loss", save_last=True)
-    trainer = quiet_trainer(max_steps=steps, val_check_interval=steps, limit_val_batches=2, callbacks=[checkpoint],
-                            enable_checkpointing=True)
+    trainer = quiet_trainer(
+        max_steps=steps,
+        val_check_interval=steps,
+        limit_val_batches=2,
+        callbacks=[checkpoint],
+        enable_checkpointing=True,
+    )
     trainer.fit(model, dm)
     return model, trainer
 
 
 def test_minilm_fine_tunes_on_sst2_and_its_checkpoint_reproduces_it(tmp_path, shared_data):
-    train = sample(shared_data / "sst2" / "train.tsv", tmp_path / "train.tsv", 64)
-    val = sample(shared_data / "sst2" / "validation.tsv", tmp_path / "val.tsv", 32)
+    train = shared_sample(shared_data / "sst2" / "train.tsv", tmp_path / "train.tsv", 64)
+    val = shared_sample(shared_data / "sst2" / "validation.tsv", tmp_path / "val.tsv", 32)
     model, trainer = fit_minilm(tmp_path, train, val)
     assert trainer.global_step == 4 and model.model.config.model_type == "bert"
     assert model.model.config.id2label == {0: "0", 1: "1"}
@@ -55,17 +48,15 @@ def test_minilm_fine_tunes_on_sst2_and_its_checkpoint_reproduces_it(tmp_path, sh
 
 
 def test_minilm_learns_agnews_string_labels(tmp_path, shared_data):
-    train = sample(shared_data / "agnews" / "train.tsv", tmp_path / "train.tsv", 64)
-    val = sample(shared_data / "agnews" / "train.tsv", tmp_path / "val.tsv", 32, skip=64)
+    train = shared_sample(shared_data / "agnews" / "train.tsv", tmp_path / "train.tsv", 64)
+    val = shared_sample(shared_data / "agnews" / "train.tsv", tmp_path / "val.tsv", 32, skip=64)
     model, _ = fit_minilm(tmp_path, train, val, steps=2)
     assert model.model.config.id2label == {0: "Business", 1: "Sci/Tech", 2: "Sports", 3: "World"}
 
 
 def test_minilm_regresses_stsb_sentence_pairs(tmp_path, shared_data):
-    rows = list(csv.reader(open(shared_data / "stsb" / "train.tsv", encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))
-    assert len(rows[0]) == 10
-    train = sample(shared_data / "stsb" / "train.tsv", tmp_path / "train.tsv", 48)
-    val = sample(shared_data / "stsb" / "validation.tsv", tmp_path / "val.tsv", 32)
+    train = shared_sample(shared_data / "stsb" / "train.tsv", tmp_path / "train.tsv", 48)
+    val = shared_sample(shared_data / "stsb" / "validation.tsv", tmp_path / "val.tsv", 32)
     model, trainer = fit_minilm(tmp_path, train, val, steps=2, text_column=7, text_pair_column=8, label_column=9)
     assert model.task == "regression" and model.model.config.problem_type == "regression"
     assert {"val_mse", "val_pearson", "val_spearman"} <= set(trainer.callback_metrics)

@@ -1,0 +1,204 @@
+"""``lightbert fit|validate|test``: LightningCLI over ``SequenceClassifier`` and ``ClassificationDataModule``.
+
+LightningCLI's conventions (``--model.*``, ``--data.*``, ``--trainer.*``, ``--config``, ``--print_config``,
+``--ckpt_path``), plus ``--checkpoint.*`` for the checkpoint callback. Everything a user can get wrong (data,
+base model, output directory, the checkpoint to resume from) is checked before the Trainer exists, so a bad input
+never leaves a half-made run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightbert.callbacks import Checkpointing
+from lightbert.checkpoint import read_checkpoint
+from lightbert.datamodule import ClassificationDataModule
+from lightbert.errors import LightbertError, Terminated, one_line
+from lightbert.model import SequenceClassifier
+from lightbert.safety import check_writable_directory
+
+SUBCOMMANDS = ("fit", "validate", "test")
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Parse errors become ``error: ... (...)`` on one line, like every other user error."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        command = self.prog.split()[-1] if self.prog else "fit"
+        raise LightbertError(one_line(message), f"run 'lightbert {command} --help' for the options")
+
+
+def default_loggers(root_dir: str | Path) -> list[Any]:
+    """A CSV log (and TensorBoard, when installed) in ``<root_dir>/version_N``, the run directory."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    csv_logger = CSVLogger(save_dir=str(root_dir), name="")
+    loggers: list[Any] = [csv_logger]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return loggers
+    loggers.append(TensorBoardLogger(save_dir=str(root_dir), name="", version=csv_logger.version))
+    return loggers
+
+
+def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
+    """One line: ``validation: accuracy 0.8733, f1_macro 0.8710, loss 0.3121``."""
+    parts = []
+    for name, value in sorted(metrics.items()):
+        if name.startswith(prefix):
+            number = float(value)
+            if math.isfinite(number):
+                parts.append(f"{name[len(prefix) :]} {number:.4f}")
+    stage = "validation" if prefix == "val_" else "test"
+    return f"{stage}: {', '.join(parts) if parts else 'no metrics'}"
+
+
+class LightbertCLI(LightningCLI):
+    """The fit/validate/test commands. ``running`` is the instance whose subcommand runs (its constructor runs it),
+    so a SIGTERM caught outside can find its checkpoint callback."""
+
+    running: LightbertCLI | None = None
+
+    def __init__(self, args: list[str]) -> None:
+        self._resumed_step: int | None = None
+        super().__init__(
+            SequenceClassifier,
+            ClassificationDataModule,
+            args=args,
+            seed_everything_default=42,
+            trainer_defaults={"max_epochs": 2, "default_root_dir": "runs"},
+            parser_kwargs={"description": "lightbert: fine-tune BERT-family sequence classifiers."},
+            auto_configure_optimizers=False,
+            parser_class=OneLineErrorParser,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(Checkpointing, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch={epoch}-step={step}-val_loss={val_loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments("model.base", "data.tokenizer")
+        parser.add_argument(
+            "--trust_checkpoint",
+            type=bool,
+            default=False,
+            help="Unpickle --ckpt_path fully. Only for a checkpoint you made yourself: a pickle can run any code.",
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would feed the checkpoint's hyper-parameters back into the config, which lets a file
+        # choose classes to instantiate. A checkpoint here only restores state; the command line decides.
+        return
+
+    def instantiate_classes(self) -> None:
+        # Check everything a user can get wrong before the Trainer exists (and before it prints anything):
+        # the data (files, columns, labels), the output directory and the checkpoint to resume from.
+        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
+        self.config_init = instantiate(self.config)
+        type(self).running = self
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self.datamodule.setup(self.subcommand)
+        self.model.preflight(self.datamodule)
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if self.subcommand == "fit":
+            check_writable_directory(trainer_config.get("default_root_dir") or "runs", "output directory")
+            dirpath = self._get(self.config, "checkpoint.dirpath")
+            if dirpath:
+                check_writable_directory(dirpath, "checkpoint directory")
+        self._check_ckpt_path()
+        self.trainer = self.instantiate_trainer()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(config.get("default_root_dir") or "runs")
+        return super().instantiate_trainer(**kwargs)
+
+    def _check_ckpt_path(self) -> None:
+        ckpt_path = self._get(self.config, "ckpt_path")
+        trust_checkpoint = bool(self._get(self.config, "trust_checkpoint"))
+        # Lightning's own load must be exactly as strict as ours: weights_only unless the user trusts the file.
+        assert self.subcommand is not None
+        self.config_init[self.subcommand]["weights_only"] = not trust_checkpoint
+        if self._get(self.config, "weights_only") is False and not trust_checkpoint:
+            raise LightbertError(
+                "--weights_only false would unpickle the checkpoint fully",
+                "pass --trust_checkpoint true for a file you made yourself",
+            )
+        if not ckpt_path:
+            return
+        checkpoint = read_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
+        if "state_dict" not in checkpoint:
+            raise LightbertError(
+                f"{ckpt_path} holds no model weights (state_dict)", "give a .ckpt written by lightbert fit"
+            )
+        if self.subcommand == "fit" and not ("optimizer_states" in checkpoint and "loops" in checkpoint):
+            raise LightbertError(
+                f"{ckpt_path} is not resumable: it has no optimizer or loop state",
+                "resume from a checkpoint written by lightbert fit",
+            )
+        self._resumed_step = int(checkpoint.get("global_step", 0))
+
+    def _record_config(self) -> None:
+        assert self.subcommand is not None
+        parser = self._parser(self.subcommand)
+        self.model.training_config = parser.dump(self.config[self.subcommand], skip_none=False)
+
+    before_fit = before_validate = before_test = _record_config
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if self._resumed_step is not None and trainer.global_step == self._resumed_step:
+            print(
+                f"the run is already complete at epoch {trainer.current_epoch}, step {trainer.global_step}: nothing"
+                " trained (raise --trainer.max_epochs or --trainer.max_steps to train further)"
+            )
+            return
+        print(summarize_metrics(trainer.callback_metrics, "val_"))
+        callback: Any = trainer.checkpoint_callback
+        if callback is not None:
+            print(f"best checkpoint: {callback.best_model_path or '(none)'}")
+            print(f"last checkpoint: {callback.last_model_path or '(none)'}")
+
+    def after_validate(self) -> None:
+        print(summarize_metrics(self.trainer.callback_metrics, "val_"))
+
+    def after_test(self) -> None:
+        print(summarize_metrics(self.trainer.callback_metrics, "test_"))
+
+
+class _DropAdvertising(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def run(args: list[str]) -> None:
+    """Run ``lightbert fit|validate|test`` (``args`` starts with the subcommand)."""
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    try:
+        LightbertCLI(args)
+    except SIGTERMException:
+        trainer = getattr(LightbertCLI.running, "trainer", None)
+        callback = getattr(trainer, "checkpoint_callback", None)
+        path = getattr(callback, "saved_on_sigterm", None) or getattr(callback, "last_model_path", None)
+        raise Terminated(path) from None

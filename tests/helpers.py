@@ -1,0 +1,318 @@
+"""Helpers shared by the tests: tiny models and tokenizers, toy data, training shortcuts, and running the CLI
+in-process (fast) or as a real process (where the process itself is what is tested)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy", "bright", "warm"]
+NEGATIVE = ["bad", "awful", "poor", "sad", "dull", "grim", "cold", "weak"]
+NEUTRAL = ["the", "a", "film", "movie", "was", "is", "very", "plot", "actor", "story", "and", "but", "quite", "rather"]
+TOPICS = {
+    "sports": ["goal", "match", "team"],
+    "politics": ["vote", "law", "senate"],
+    "science": ["atom", "cell", "lab"],
+}
+VOCAB_WORDS = sorted(set(POSITIVE + NEGATIVE + NEUTRAL + [w for ws in TOPICS.values() for w in ws]))
+
+
+# -- tiny models ------------------------------------------------------------------------------------------------------
+
+
+def make_tokenizer(directory: Path) -> Any:
+    """A small WordPiece tokenizer (BERT-style) written to ``directory``."""
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    (directory / "vocab.txt").write_text("\n".join(specials + VOCAB_WORDS + letters + list(".,!?")) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def make_base_model(directory: Path, arch: str = "bert", dtype: str | None = None) -> Path:
+    """A tiny random model without a classification head (like a pretrained encoder), plus its tokenizer."""
+    import torch
+    from transformers import AutoModel, BertConfig, DistilBertConfig, RobertaConfig
+
+    tokenizer = make_tokenizer(directory)
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    if arch == "bert":
+        config = BertConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
+    elif arch == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=37, max_position_embeddings=64
+        )
+    elif arch == "roberta":
+        config = RobertaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=66,
+            pad_token_id=0,
+            type_vocab_size=1,
+        )
+    else:
+        raise ValueError(arch)
+    model = AutoModel.from_config(config)
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(str(directory))
+    return directory
+
+
+# -- toy data ---------------------------------------------------------------------------------------------------------
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Learnable toy sentiment: a positive or negative word among neutral ones; varied lengths; labels "0"/"1"."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [*rng.choices(NEUTRAL, k=rng.randint(2, 12)), rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), str(label)))
+    return rows
+
+
+def write_csv(path: Path, header: list[str] | None, rows: list[tuple]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def shared_sample(source: Path, target: Path, rows: int, skip: int = 0) -> Path:
+    """The first ``rows`` data rows of a shared TSV (after ``skip``), with its header if it has one."""
+    with open(source, encoding="utf-8") as f:
+        lines = f.readlines()
+    header = lines[:1] if lines[0].startswith("sentence\t") else []
+    body = lines[len(header) + skip : len(header) + skip + rows]
+    target.write_text("".join(header + body), encoding="utf-8")
+    return target
+
+
+# -- training shortcuts -----------------------------------------------------------------------------------------------
+
+
+def quiet_trainer(**kwargs: Any) -> Any:
+    """A Trainer for tests: CPU, no logger files, no progress bar, deterministic."""
+    import lightning.pytorch as pl
+
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def train_checkpoint(base: Path, directory: Path, rows: Path, **data_kwargs: Any) -> Path:
+    """One epoch of the Python API on ``rows`` (training and validation); returns last.ckpt."""
+    import lightning.pytorch as pl
+
+    from lightbert import ClassificationDataModule, SequenceClassifier
+    from lightbert.callbacks import Checkpointing
+
+    pl.seed_everything(0, verbose=False)
+    data = ClassificationDataModule(
+        train=str(rows), validation=str(rows), tokenizer=str(base), batch_size=8, **data_kwargs
+    )
+    checkpoint = Checkpointing(dirpath=str(directory), save_last=True)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(SequenceClassifier(base=str(base), learning_rate=1e-3), data)
+    return directory / "last.ckpt"
+
+
+def recipe_module_class() -> Any:
+    import lightning.pytorch as pl
+    import torch
+    from torch import nn
+    from transformers import AutoModelForSequenceClassification
+
+    class RecipeModule(pl.LightningModule):
+        """How users write it: an HF classifier under some attribute, AdamW, Trainer + ModelCheckpoint."""
+
+        def __init__(
+            self,
+            model_dir: str,
+            attribute: str = "model",
+            num_labels: int = 3,
+            hparams: bool = True,
+            extra: bool = False,
+        ):
+            super().__init__()
+            if hparams:
+                self.save_hyperparameters()
+            self.attribute = attribute
+            classifier = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+            setattr(self, attribute, classifier)
+            if extra:
+                self.projection = nn.Linear(4, 4)
+
+        @property
+        def classifier(self):
+            return getattr(self, self.attribute)
+
+        def training_step(self, batch, batch_idx):
+            return self.classifier(**batch).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    return RecipeModule
+
+
+@dataclass
+class Recipe:
+    path: Path
+    module: Any
+    tokenizer: Any
+
+
+def train_recipe(base: Path, directory: Path, **kwargs: Any) -> Recipe:
+    """Three steps of the common recipe; returns the checkpoint ModelCheckpoint wrote, the module and tokenizer."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer
+
+    pl.seed_everything(0, verbose=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    rows = sentiment_rows(12)
+    encoded = tokenizer([t for t, _ in rows], padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    labels = torch.tensor([int(label) for _, label in rows])
+    data = [
+        {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": labels[i]}
+        for i in range(12)
+    ]
+    module = recipe_module_class()(str(base), **kwargs)
+    checkpoint = ModelCheckpoint(dirpath=str(directory), filename="recipe")
+    trainer = quiet_trainer(max_steps=3, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    return Recipe(directory / "recipe.ckpt", module, tokenizer)
+
+
+def reference_logits(model: Any, tokenizer: Any, texts: list[str]) -> Any:
+    """Logits computed one text at a time by plain transformers, in eval mode: what a model should predict."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in texts])
+
+
+def copy_directory(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+
+
+def fit_args(base: Path, train: Path, val: Path, root: Path, *extra: str, epochs: int = 1, batch: int = 8) -> list[str]:
+    """``lightbert fit`` on a tiny model: quiet, ``epochs`` epochs of batch ``batch``, runs under ``root``."""
+    return [
+        "fit",
+        f"--model.base={base}",
+        f"--data.train={train}",
+        f"--data.validation={val}",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.max_epochs={epochs}",
+        f"--data.batch_size={batch}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def run_cli(*args: Any) -> Result:
+    """``lightbert ARGS`` in this process (its stdout and stderr captured): fast, for everything but the process
+    itself (exit on signals, start-up imports)."""
+    from lightbert.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_process(*args: Any, env: dict[str, str] | None = None, timeout: float = 600) -> Result:
+    """``lightbert ARGS`` as a real process (``python -m lightbert.cli``)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "lightbert.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+    )
+    return Result(result.returncode, result.stdout, result.stderr)
+
+
+def assert_one_error_line(result: Result, *fragments: str) -> None:
+    """Exit code 2 and exactly one line on stderr, ``error: <what> (<what to do>)``, containing ``fragments``."""
+    assert result.code == 2, result.err[-2000:]
+    assert len(result.err_lines) == 1, result.err[-2000:]
+    line = result.err_lines[0]
+    assert line.startswith("error: ") and line.rstrip().endswith(")"), line
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in line, line
