@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,9 +13,18 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from lightbert.batching import LengthGroupedSampler, PaddingCollator, SortedSampler, TokenizedDataset, tokenize
 from lightbert.bundled import SST2_TRAIN, SST2_VALIDATION, default_base_model
+from lightbert.checkpoint import tokenizer_from_files
 from lightbert.errors import LightbertError
-from lightbert.hf import check_model_dir, effective_max_length, head_labels, load_config, load_tokenizer
+from lightbert.hf import (
+    check_model_dir,
+    config_from_dict,
+    effective_max_length,
+    head_labels,
+    load_config,
+    load_tokenizer,
+)
 from lightbert.labels import LabelEncoder, Task, check_task
+from lightbert.loader import starting_point
 from lightbert.tables import check_data_file, read_table, select_columns
 
 
@@ -51,7 +61,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         val_fraction: share of the training file held out for validation when no validation file is given.
         seed: seed of the validation split and of the training order.
         num_workers: DataLoader worker processes.
-        tokenizer: directory with the tokenizer files; the CLI links it to ``--model.base``.
+        tokenizer: where the tokenizer comes from: a Hugging Face directory, or the checkpoint fine-tuning starts
+            from (default: the bundled MiniLM); the CLI links it to ``--model.base`` (``--model.recipe_base``).
     """
 
     def __init__(
@@ -76,6 +87,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.train_given = train is not None
         if train is None:
             train, validation = str(SST2_TRAIN), validation or str(SST2_VALIDATION)
         check_task(task)
@@ -109,6 +121,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.datasets: dict[str, TokenizedDataset] = {}
         self.train_sampler: LengthGroupedSampler | None = None
         self._resume_state: dict[str, int] | None = None
+        self._checkpoint_labels = False
+
+    def use_checkpoint(self, section: dict[str, Any]) -> None:
+        """Read data for a lightbert checkpoint (its lightbert section) that is resumed or evaluated: its tokenizer,
+        its position limit, and its task and labels (which the data must have). To validate or test it, no training
+        file is needed."""
+        self.tokenizer = tokenizer_from_files(section["tokenizer_files"])
+        self.base_config = config_from_dict(section["hf_config"])
+        self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
+        self.task, self.labels = section["task"], section["labels"]
+        self.label_delimiter = self.label_delimiter or (section.get("data") or {}).get("label_delimiter")
+        self._checkpoint_labels = True
 
     # -- settings the model and the checkpoint need -------------------------------------------------------------
 
@@ -136,9 +160,12 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _ensure_tokenizer(self) -> None:
         if self.tokenizer is not None:
             return
-        path = check_model_dir(self.tokenizer_path or default_base_model())
-        self.tokenizer = load_tokenizer(path)
-        self.base_config = load_config(path)
+        path = self.tokenizer_path or default_base_model()
+        if Path(path).is_dir():
+            self.tokenizer, self.base_config = load_tokenizer(check_model_dir(path)), load_config(path)
+        else:  # the model fine-tuning starts from is a checkpoint: its tokenizer and config
+            start = starting_point(path)
+            self.tokenizer, self.base_config = start.tokenizer(), start.config
         self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
 
     def _dataset(self, rows: Rows, source: str) -> TokenizedDataset:
@@ -150,6 +177,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         self._ensure_tokenizer()
+        if stage in ("validate", "test") and self._checkpoint_labels and not self.train_given:
+            self._setup_evaluation(stage)
+            return
         train = self._read(self.train_path)
         self.paired = train.pairs is not None
         if self.validation_path is None:
@@ -182,6 +212,16 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.datasets["validation"] = self._dataset(validation, str(self.validation_path or self.train_path))
         if self.test_path is not None:
             self.datasets["test"] = self._dataset(self._read(self.test_path), str(self.test_path))
+
+    def _setup_evaluation(self, stage: str) -> None:
+        """The validation or test data of a checkpoint (``use_checkpoint``), without a training file."""
+        assert self.task is not None
+        self.encoder = LabelEncoder(self.task, self.labels, self.label_delimiter)
+        name, path = ("validation", self.validation_path) if stage == "validate" else ("test", self.test_path)
+        if path is not None:
+            rows = self._read(path)
+            self.paired = rows.pairs is not None
+            self.datasets[name] = self._dataset(rows, str(path))
 
     # -- loaders -----------------------------------------------------------------------------------------------
 

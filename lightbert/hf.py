@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,26 +169,23 @@ def label_dependent_keys(config: Any) -> list[str]:
     return [k for k in shapes[0] if shapes[0][k] != shapes[1][k]]
 
 
-# -- starting a classifier from a base directory ----------------------------------------------------------------------
+# -- starting a classifier from a base --------------------------------------------------------------------------------
 
 
 @dataclass
 class HeadPlan:
-    """How a classifier starts from a base directory: the base's config, its head's labels (None when it has no
+    """How a classifier starts from a base: the base's config, its head's labels (None when it has no
     classification head), the labels wanted, and whether the base's head is kept."""
 
-    base: Path
     config: Any
     base_head: list[str] | None
     wanted: list[str]
     keep_head: bool
 
 
-def plan_head(base: str | Path, task: str, labels: list[str] | None, new_head: bool) -> HeadPlan:
-    """Check ``base`` (complete, safe) against the task and labels before anything is built. Raises if the base is
-    a classifier for other labels and ``new_head`` is not set."""
-    base = check_model_dir(base, weights=True)
-    config = load_config(base)
+def plan_head(config: Any, task: str, labels: list[str] | None, new_head: bool, base: str | Path) -> HeadPlan:
+    """Check a base's config (``base`` names it in messages) against the task and labels before anything is built.
+    Raises if the base is a classifier for other labels and ``new_head`` is not set."""
     base_head = head_labels(config)
     wanted = list(labels or []) if task != "regression" else ["score"]
     same_problem = PROBLEM_TYPES[task] == (config.problem_type or PROBLEM_TYPES[task])
@@ -199,12 +196,28 @@ def plan_head(base: str | Path, task: str, labels: list[str] | None, new_head: b
             f"the data has {task} [{', '.join(wanted)}]",
             "pass --model.new_head true to start a new classification head",
         )
-    return HeadPlan(base, config, base_head, wanted, keep_head)
+    return HeadPlan(config, base_head, wanted, keep_head)
 
 
-def build_classifier(plan: HeadPlan, task: str, labels: list[str] | None) -> Any:
-    """The HF classifier of ``plan``, in float32, from local files only, with this task's head: the base's head
-    kept (rows reordered to ``labels``) or re-initialised (said on stderr)."""
+def head_order(plan: HeadPlan) -> list[int] | None:
+    """For a kept head whose labels come in another order: the base's row for each wanted label."""
+    if plan.keep_head and plan.base_head != plan.wanted:
+        assert plan.base_head is not None
+        return [plan.base_head.index(name) for name in plan.wanted]
+    return None
+
+
+def build_classifier(
+    plan: HeadPlan,
+    task: str,
+    labels: list[str] | None,
+    weights: Path | dict[str, torch.Tensor],
+    load_weights: Callable[[Any, dict[str, torch.Tensor]], None] | None = None,
+) -> Any:
+    """The HF classifier of ``plan`` in float32, with this task's head: the base's head kept (rows reordered to
+    ``labels``) or re-initialised (said on stderr). ``weights`` is the base directory (read by ``from_pretrained``
+    from local files only) or the base's weights (loaded by ``load_weights(model, weights)``, without the head's
+    label-dependent weights when the head is replaced)."""
     from transformers import AutoModelForSequenceClassification
 
     config = copy.deepcopy(plan.config)
@@ -212,24 +225,29 @@ def build_classifier(plan: HeadPlan, task: str, labels: list[str] | None) -> Any
         setattr(config, key, value)
     replace_head = plan.base_head is not None and not plan.keep_head
     with quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(plan.base),
-            config=config,
-            dtype=torch.float32,
-            local_files_only=True,
-            trust_remote_code=False,
-            ignore_mismatched_sizes=replace_head,
-        )
+        if isinstance(weights, Path):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(weights),
+                config=config,
+                dtype=torch.float32,
+                local_files_only=True,
+                trust_remote_code=False,
+                ignore_mismatched_sizes=replace_head,
+            )
+        else:
+            model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+            assert load_weights is not None
+            load_weights(model, weights)
     if plan.base_head is not None:
         keys = label_dependent_keys(config)
         parameters = dict(model.named_parameters())
+        order = head_order(plan)
         with torch.no_grad():
-            if plan.keep_head and plan.base_head != plan.wanted:
-                order = torch.tensor([plan.base_head.index(name) for name in plan.wanted])
+            if order is not None:
                 for key in keys:
-                    parameters[key].copy_(parameters[key][order])
+                    parameters[key].copy_(parameters[key][torch.tensor(order)])
             elif replace_head:
                 for key in keys:
                     model._init_weights(model.get_submodule(key.rsplit(".", 1)[0]))
                 print(f"new classification head: re-initialised {', '.join(keys)}", file=sys.stderr)
-    return model
+    return model.train()

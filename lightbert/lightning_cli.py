@@ -19,11 +19,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.callbacks import Checkpointing
-from lightbert.checkpoint import read_checkpoint
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError, Terminated, one_line
-from lightbert.model import SequenceClassifier
+from lightbert.model import SequenceClassifier, not_resumable
 from lightbert.safety import check_writable_directory
+from lightbert.sources import ModelSource, identify
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -62,6 +62,10 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
     return f"{stage}: {', '.join(parts) if parts else 'no metrics'}"
 
 
+def tokenizer_source(base: str | None, recipe_base: str | None) -> str | None:
+    return recipe_base or base
+
+
 class LightbertCLI(LightningCLI):
     """The fit/validate/test commands. ``running`` is the instance whose subcommand runs (its constructor runs it),
     so a SIGTERM caught outside can find its checkpoint callback."""
@@ -93,7 +97,8 @@ class LightbertCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.link_arguments("model.base", "data.tokenizer")
+        # The tokenizer comes from the model fine-tuning starts from (for a recipe checkpoint, its directory).
+        parser.link_arguments(("model.base", "model.recipe_base"), "data.tokenizer", compute_fn=tokenizer_source)
         parser.add_argument(
             "--trust_checkpoint",
             type=bool,
@@ -114,24 +119,32 @@ class LightbertCLI(LightningCLI):
         type(self).running = self
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
+        checkpoint = self._checkpoint_to_restore()
+        if checkpoint is not None:  # its tokenizer, labels and limits, whatever the base
+            self.datamodule.use_checkpoint(checkpoint.section)
         self.datamodule.setup(self.subcommand)
-        self.model.preflight(self.datamodule)
+        self.model.preflight(self.datamodule, checkpoint)
         trainer_config = self._get(self.config_init, "trainer", default={})
         if self.subcommand == "fit":
             check_writable_directory(trainer_config.get("default_root_dir") or "runs", "output directory")
             dirpath = self._get(self.config, "checkpoint.dirpath")
             if dirpath:
                 check_writable_directory(dirpath, "checkpoint directory")
-        self._check_ckpt_path()
         self.trainer = self.instantiate_trainer()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.subcommand != "fit":
+            self.save_config_callback = None  # evaluating a checkpoint writes no run directory
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(config.get("default_root_dir") or "runs")
+            # A run directory for training; evaluating a checkpoint prints its metrics and writes nothing.
+            kwargs["logger"] = (
+                default_loggers(config.get("default_root_dir") or "runs") if self.subcommand == "fit" else False
+            )
         return super().instantiate_trainer(**kwargs)
 
-    def _check_ckpt_path(self) -> None:
+    def _checkpoint_to_restore(self) -> ModelSource | None:
+        """The checkpoint of ``--ckpt_path``, identified and checked (None without one)."""
         ckpt_path = self._get(self.config, "ckpt_path")
         trust_checkpoint = bool(self._get(self.config, "trust_checkpoint"))
         # Lightning's own load must be exactly as strict as ours: weights_only unless the user trusts the file.
@@ -143,18 +156,17 @@ class LightbertCLI(LightningCLI):
                 "pass --trust_checkpoint true for a file you made yourself",
             )
         if not ckpt_path:
-            return
-        checkpoint = read_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
-        if "state_dict" not in checkpoint:
-            raise LightbertError(
-                f"{ckpt_path} holds no model weights (state_dict)", "give a .ckpt written by lightbert fit"
-            )
-        if self.subcommand == "fit" and not ("optimizer_states" in checkpoint and "loops" in checkpoint):
+            return None
+        source = identify(ckpt_path, trust_checkpoint=trust_checkpoint)
+        if source.kind != "lightbert":
+            raise not_resumable(ckpt_path, source.kind, self.subcommand)
+        if self.subcommand == "fit" and not source.resumable:
             raise LightbertError(
                 f"{ckpt_path} is not resumable: it has no optimizer or loop state",
-                "resume from a checkpoint written by lightbert fit",
+                f"start from it with --model.base {ckpt_path}",
             )
-        self._resumed_step = int(checkpoint.get("global_step", 0))
+        self._resumed_step = int((source.checkpoint or {}).get("global_step", 0))
+        return source
 
     def _record_config(self) -> None:
         assert self.subcommand is not None

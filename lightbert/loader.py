@@ -21,6 +21,7 @@ from lightbert.classifier import Classifier, check_precision
 from lightbert.devices import resolve_device
 from lightbert.errors import LightbertError
 from lightbert.hf import (
+    build_classifier,
     check_model_dir,
     config_from_dict,
     effective_max_length,
@@ -30,7 +31,7 @@ from lightbert.hf import (
     quiet_transformers,
     tokenizer_files_in,
 )
-from lightbert.sources import ModelInfo, ModelSource, identify, model_info
+from lightbert.sources import KIND_NAMES, ModelInfo, ModelSource, identify, model_info
 
 # Buffers that transformers stopped (or started) saving across versions; their absence or presence is harmless.
 NON_PERSISTENT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -74,28 +75,43 @@ def open_model(source: ModelSource, base: str | Path | None = None) -> OpenedMod
     return _open_recipe(source, base)
 
 
-def _open_lightbert(source: ModelSource) -> OpenedModel:
+def classifier_from_config(config: Any) -> Any:
+    """An HF sequence classifier of ``config`` (an HF config object or its JSON form), float32, weights random."""
     from transformers import AutoModelForSequenceClassification
 
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+
+
+def lightbert_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The HF model's weights in a lightbert checkpoint (the ``model.`` attribute of ``SequenceClassifier``)."""
+    return {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+
+
+def _open_lightbert(source: ModelSource) -> OpenedModel:
     assert source.checkpoint is not None
     config = config_from_dict(source.config)
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    state_dict = source.checkpoint["state_dict"]
-    _load_strict(model, {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}, source.path)
+    model = classifier_from_config(config)
+    _load_strict(model, lightbert_weights(source.checkpoint), source.path)
     tokenizer = tokenizer_from_files(source.section["tokenizer_files"])
     data = source.section.get("data") or {}
     max_length = int(data.get("max_length") or effective_max_length(512, tokenizer, config))
     return OpenedModel(model, tokenizer, max_length, model_info(source))
 
 
-def _open_huggingface(source: ModelSource) -> OpenedModel:
-    from transformers import AutoModelForSequenceClassification
-
-    path = source.path
+def require_tokenizer_files(path: Path) -> None:
     if not tokenizer_files_in(path):
         raise LightbertError(
             f"{path} has no tokenizer files", "save the tokenizer into the same directory with save_pretrained"
         )
+
+
+def _open_huggingface(source: ModelSource) -> OpenedModel:
+    from transformers import AutoModelForSequenceClassification
+
+    path = source.path
+    require_tokenizer_files(path)
     try:
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -201,16 +217,15 @@ def recipe_weights(source: ModelSource, base: str | Path | None) -> RecipeWeight
         config.label2id = {f"LABEL_{i}": i for i in range(num_labels)}
     if config.problem_type is None and num_labels == 1:
         config.problem_type = "regression"
+    config.architectures = [type(probe).__name__]  # a classifier now, whatever the base directory was
     weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     outside = sorted(k for k in tensors if not k.startswith(prefix))
     return RecipeWeights(base_dir, config, prefix, weights, outside)
 
 
 def _open_recipe(source: ModelSource, base: str | Path | None) -> OpenedModel:
-    from transformers import AutoModelForSequenceClassification
-
     found = recipe_weights(source, base)
-    model = AutoModelForSequenceClassification.from_config(found.config, dtype=torch.float32)
+    model = classifier_from_config(found.config)
     _load_strict(model, found.weights, source.path, extra_unexpected=found.outside, base=found.base)
     tokenizer = load_tokenizer(found.base)
     max_length = effective_max_length(512, tokenizer, found.config)
@@ -245,3 +260,140 @@ def _load_strict(
             parts.append(f"unexpected {len(unexpected)}: {', '.join(sorted(unexpected)[:6])}")
         raise LightbertError(f"{path} does not match the model: {'; '.join(parts)}", hint)
     model.eval()
+
+
+# -- where fine-tuning starts ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StartingPoint:
+    """What ``lightbert fit --model.base`` starts from: any model ``load`` takes. ``config`` is its HF config (a
+    classifier's, with its labels, for a checkpoint); ``weights`` its HF weights (None: ``from_pretrained`` reads
+    them from the directory); ``recipe`` the recipe checkpoint's parts (for carrying its optimizer state)."""
+
+    source: ModelSource
+    config: Any
+    weights: dict[str, torch.Tensor] | None = None
+    tokenizer_dir: Path | None = None
+    recipe: RecipeWeights | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    def tokenizer(self) -> Any:
+        if self.tokenizer_dir is not None:
+            return load_tokenizer(self.tokenizer_dir)
+        return tokenizer_from_files(self.source.section["tokenizer_files"])
+
+
+def starting_point(
+    base: str | Path, recipe_base: str | Path | None = None, trust_checkpoint: bool = False
+) -> StartingPoint:
+    """Identify and check the model fine-tuning starts from (see ``StartingPoint``)."""
+    if "://" not in str(base) and not Path(base).exists():
+        raise LightbertError(
+            f"base model not found: {base}",
+            "give a Hugging Face model directory or a checkpoint; nothing is downloaded",
+        )
+    source = identify(base, trust_checkpoint=trust_checkpoint)
+    if recipe_base is not None and source.kind != "recipe":
+        raise LightbertError(
+            f"--model.recipe_base is for a recipe checkpoint, and {base} is a {KIND_NAMES[source.kind]}",
+            "leave --model.recipe_base out",
+        )
+    if source.kind == "huggingface":
+        require_tokenizer_files(source.path)
+        return StartingPoint(source, load_config(source.path), tokenizer_dir=source.path)
+    if source.kind == "lightbert":
+        assert source.checkpoint is not None
+        config = config_from_dict(source.config)
+        if not config.architectures:  # a classifier, whatever its config says (written before 0.2 without)
+            with torch.device("meta"):
+                config.architectures = [type(classifier_from_config(config)).__name__]
+        return StartingPoint(source, config, weights=lightbert_weights(source.checkpoint))
+    found = recipe_weights(source, recipe_base)
+    if found.outside:
+        raise LightbertError(
+            f"{source.path} holds weights outside its Hugging Face model: {', '.join(found.outside[:6])}",
+            "start from a checkpoint that holds only the classifier, or export the classifier with save_pretrained",
+        )
+    return StartingPoint(source, found.config, found.weights, tokenizer_dir=found.base, recipe=found)
+
+
+def build_from_start(start: StartingPoint, plan: Any, task: str, labels: list[str] | None) -> Any:
+    """The HF classifier fine-tuning starts with: the starting point's weights with this task's head (kept,
+    reordered or re-initialised as ``plan`` says; see ``lightbert.hf.build_classifier``)."""
+    if start.weights is None:
+        return build_classifier(plan, task, labels, start.source.path)
+    weights = dict(start.weights)
+    if plan.base_head is not None and not plan.keep_head:
+        for key in label_dependent_keys(plan.config):
+            weights.pop(key, None)
+    return build_classifier(plan, task, labels, weights, lambda model, state: _load_head_free(model, state, start))
+
+
+def _load_head_free(model: Any, weights: dict[str, torch.Tensor], start: StartingPoint) -> None:
+    """Load ``weights`` strictly except for the label-dependent head weights that a new head re-initialises."""
+    head = set(label_dependent_keys(model.config))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not _is_buffer_key(k) and k not in head]
+    unexpected = [k for k in unexpected if not _is_buffer_key(k)]
+    if missing or unexpected:
+        raise LightbertError(
+            f"{start.source.path} does not match its config: missing {missing[:6]}, unexpected {unexpected[:6]}",
+            "use another checkpoint",
+        )
+
+
+ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+
+
+def recipe_adamw_state(start: StartingPoint, model: Any, head_rows: list[int] | None = None) -> dict[str, Any]:
+    """The recipe checkpoint's AdamW moments and step counts for each parameter of ``model`` (the HF classifier
+    built from it), by name. The optimizer state numbers parameters in the order the recipe handed them to AdamW:
+    ``self.parameters()`` of a module holding only the HF model, which is the HF model's own parameter order. Where
+    they do not map one to one (another optimizer, other parameter counts or shapes), one line says why.
+    ``head_rows`` reorders the rows of the label-dependent head parameters, as the kept head's weights are."""
+    path = start.source.path
+    hint = "start from it without --model.carry_optimizer (a fresh optimizer)"
+    optimizers = (start.source.checkpoint or {}).get("optimizer_states") or []
+    if len(optimizers) != 1:
+        raise LightbertError(f"{path} holds {len(optimizers)} optimizer states, not one AdamW's", hint)
+    state, groups = optimizers[0].get("state") or {}, optimizers[0].get("param_groups") or []
+    kinds = {frozenset(k for k in entry if k != "max_exp_avg_sq") for entry in state.values()}
+    if not state or kinds != {frozenset(ADAM_STATE)}:
+        found = ", ".join(sorted({k for entry in state.values() for k in entry})) or "nothing"
+        raise LightbertError(f"{path} was not trained with AdamW (its optimizer state holds {found})", hint)
+    for group in groups:
+        if group.get("amsgrad"):
+            raise LightbertError(f"{path} was trained with AMSGrad, which lightbert's AdamW does not use", hint)
+        if group.get("decoupled_weight_decay") is False and group.get("weight_decay", 0) > 0:
+            raise LightbertError(f"{path} was trained with Adam and L2 weight decay, not AdamW", hint)
+    order = [index for group in groups for index in group.get("params", [])]
+    parameters = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if len(order) != len(parameters):
+        raise LightbertError(
+            f"{path}'s optimizer holds {len(order)} parameters, the model has {len(parameters)}",
+            hint + ", or check that the recipe optimized only the classifier",
+        )
+    head = set(label_dependent_keys(model.config))
+    carried: dict[str, Any] = {}
+    for position, (index, (name, parameter)) in enumerate(zip(order, parameters, strict=True)):
+        entry = state.get(index)
+        if entry is None:
+            continue  # never stepped (frozen in the recipe): it starts fresh
+        moments = {key: entry[key] for key in ("exp_avg", "exp_avg_sq")}
+        if name in head and head_rows is not None:
+            moments = {key: value[torch.tensor(head_rows)] for key, value in moments.items()}
+        for key, value in moments.items():
+            if tuple(value.shape) != tuple(parameter.shape):
+                raise LightbertError(
+                    f"{path}'s optimizer state does not map onto the model in the recipe's parameter order"
+                    f" (parameter {position}, {name}: {key} has shape {list(value.shape)},"
+                    f" the parameter {list(parameter.shape)})",
+                    hint,
+                )
+        step = entry["step"]
+        carried[name] = {"step": float(step.item() if isinstance(step, torch.Tensor) else step), **moments}
+    return carried

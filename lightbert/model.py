@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +22,13 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
 from lightbert.bundled import default_base_model
-from lightbert.checkpoint import build_section, capture_rng_state, restore_rng_state, tokenizer_files
+from lightbert.checkpoint import (
+    build_section,
+    capture_rng_state,
+    restore_rng_state,
+    tokenizer_files,
+    tokenizer_from_files,
+)
 from lightbert.errors import LightbertError
 from lightbert.fastpath import (
     use_cpu_dropout,
@@ -29,8 +36,15 @@ from lightbert.fastpath import (
     use_gelu_recompute,
     use_resident_embedding_gradient,
 )
-from lightbert.hf import HeadPlan, build_classifier, load_tokenizer, plan_head
-from lightbert.labels import check_task
+from lightbert.hf import HeadPlan, head_order, plan_head
+from lightbert.loader import (
+    StartingPoint,
+    build_from_start,
+    classifier_from_config,
+    recipe_adamw_state,
+    starting_point,
+)
+from lightbert.sources import KIND_NAMES, ModelSource, identify
 
 
 def build_metrics(task: str, num_labels: int) -> torchmetrics.MetricCollection:
@@ -78,20 +92,24 @@ def linear_warmup_decay(warmup_steps: int, total_steps: float) -> Callable[[int]
 
 
 class SequenceClassifier(pl.LightningModule):
-    """Fine-tunes a BERT-family sequence classifier.
-
-    Labels, task and tokenizer come from the ``ClassificationDataModule`` when training starts, unless given.
+    """Fine-tunes a BERT-family sequence classifier. Its task, labels and tokenizer come from the
+    ``ClassificationDataModule`` (the one source of truth) or, for a checkpoint, from the checkpoint.
 
     Args:
-        base: Hugging Face model directory to start from (default: the bundled all-MiniLM-L6-v2).
+        base: the model to start from (default: the bundled all-MiniLM-L6-v2): a Hugging Face model directory, a
+            lightbert checkpoint (its weights, labels and tokenizer, to fine-tune further with a fresh optimizer and
+            schedule), or a recipe checkpoint (its config and tokenizer from recipe_base, or from a hyper-parameter
+            naming a local model directory).
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: share of the optimizer steps spent warming the learning rate up linearly from 0.
         warmup_steps: number of warmup steps; overrides warmup_ratio when given.
-        task: single_label, multi_label or regression (default: the data module's).
-        labels: label names in output order (default: the data module's).
-        new_head: when ``base`` is already a fine-tuned classifier for other labels, start a new head (its
+        new_head: when base is already a fine-tuned classifier for other labels, start a new head (its
             label-dependent weights re-initialised) instead of stopping with an error.
+        recipe_base: for a recipe checkpoint as base: the Hugging Face directory of the same architecture that
+            gives its config and tokenizer.
+        carry_optimizer: for a recipe checkpoint as base: also take its AdamW moments and step counts (carrying
+            the recipe's run on; the learning-rate schedule starts anew).
     """
 
     def __init__(
@@ -101,29 +119,65 @@ class SequenceClassifier(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         warmup_steps: int | None = None,
-        task: str | None = None,
-        labels: list[str] | None = None,
         new_head: bool = False,
+        recipe_base: str | None = None,
+        carry_optimizer: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_task(task)
         if learning_rate <= 0:
             raise LightbertError(
                 f"learning_rate must be positive, not {learning_rate}", "pass --model.learning_rate 5e-5"
             )
         if not 0.0 <= warmup_ratio < 1.0:
             raise LightbertError(f"warmup_ratio must be in [0, 1), not {warmup_ratio}", "pass --model.warmup_ratio 0.1")
+        if warmup_steps is not None and warmup_steps < 0:
+            raise LightbertError(f"warmup_steps must be 0 or more, not {warmup_steps}", "pass --model.warmup_steps 100")
+        if weight_decay < 0:
+            raise LightbertError(f"weight_decay must be 0 or more, not {weight_decay}", "pass --model.weight_decay 0")
         self.base = base
-        self.task = task
-        self.labels = labels
-        self.model: Any = None  # the Hugging Face model, built in setup
+        self.task: str | None = None
+        self.labels: list[str] | None = None
+        self.model: Any = None  # the Hugging Face model, built in setup (or from a checkpoint)
         self.tokenizer: Any = None
         self.data_settings: dict[str, Any] = {}
         self.training_config: str | None = None  # the resolved YAML config, set by the CLI
         self._rng_to_restore: dict[str, Any] | None = None
         self._tokenizer_files: dict[str, Any] | None = None
+        self._start: StartingPoint | None = None
         self._head_plan: HeadPlan | None = None
+        self._carried_state: dict[str, Any] | None = None
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        trust_checkpoint: bool = False,
+        **kwargs: Any,
+    ) -> SequenceClassifier:
+        """Lightning's ``load_from_checkpoint`` for lightbert checkpoints, with nothing else at hand: the file is
+        checked and refused as ``lightbert.load`` would (weights_only reading, no imports named by
+        hyper-parameters), and the Hugging Face model is built from the checkpoint's own config, labels and
+        tokenizer. ``map_location`` and ``strict`` behave as Lightning documents."""
+        source = identify(checkpoint_path, trust_checkpoint=trust_checkpoint)
+        if source.kind != "lightbert":
+            raise LightbertError(
+                f"{checkpoint_path} is a {KIND_NAMES[source.kind]}, not a lightbert checkpoint",
+                f"predict with lightbert.load({str(checkpoint_path)!r}), or fine-tune from it with"
+                f" SequenceClassifier(base={str(checkpoint_path)!r})",
+            )
+        model = super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=not trust_checkpoint,
+            **kwargs,
+        )
+        return model
 
     # -- building ----------------------------------------------------------------------------------------------
 
@@ -134,41 +188,85 @@ class SequenceClassifier(pl.LightningModule):
         self.configure_classifier()
 
     def take_labels_from(self, datamodule: Any) -> None:
-        """Task, labels, tokenizer and data settings from a set-up ``ClassificationDataModule`` (if any)."""
-        if datamodule is not None and getattr(datamodule, "encoder", None) is not None:
-            self.task = self.task or datamodule.task
-            self.labels = self.labels or datamodule.labels
-            self.tokenizer = datamodule.tokenizer
-            self.data_settings = datamodule.settings()
-            if self.task != datamodule.task or (self.task != "regression" and self.labels != datamodule.labels):
-                raise LightbertError(
-                    f"the model was set up for {self.task} with labels {self.labels}, the data has {datamodule.task} "
-                    f"with labels {datamodule.labels}",
-                    "leave --model.task and --model.labels unset to take them from the data",
-                )
-        if self.task is None or (self.task != "regression" and not self.labels):
+        """Task, labels, tokenizer and data settings from a set-up ``ClassificationDataModule``."""
+        if datamodule is None or getattr(datamodule, "encoder", None) is None:
             raise LightbertError(
-                "the model has no task and labels", "train with a ClassificationDataModule, or pass task= and labels="
+                "the model has no task and labels", "train with a ClassificationDataModule, which reads them"
             )
+        self.task, self.labels = datamodule.task, datamodule.labels
+        self.tokenizer = datamodule.tokenizer
+        self.data_settings = datamodule.settings()
 
-    def preflight(self, datamodule: Any) -> None:
-        """Check the base model against the data before any training starts (the CLI calls this before it
-        creates the Trainer): the directory is complete and safe, and a fine-tuned head fits the labels."""
+    def preflight(self, datamodule: Any, checkpoint: ModelSource | None = None, stage: str = "fit") -> None:
+        """Check the model against the data before any training starts (the CLI calls this before it creates the
+        Trainer): the base is complete and safe, a fine-tuned head fits the labels, and optimizer state to carry on
+        maps onto the model. Given the (identified) lightbert ``checkpoint`` to resume or evaluate, the model is
+        built from it instead, and its labels must be the data's."""
         self.take_labels_from(datamodule)
+        if checkpoint is not None:
+            if checkpoint.kind != "lightbert":
+                raise not_resumable(checkpoint.path, checkpoint.kind, stage)
+            self._check_labels(checkpoint.section, checkpoint.path)
+            self.build_from_checkpoint(checkpoint.section)
+            return
+        self._plan()
+        if self.hparams["carry_optimizer"]:
+            assert self._start is not None and self._head_plan is not None
+            probe = classifier_from_config(self._start.config)
+            self._carried_state = recipe_adamw_state(self._start, probe, head_order(self._head_plan))
+
+    def _plan(self) -> None:
         assert self.task is not None
-        self._head_plan = plan_head(self.base or default_base_model(), self.task, self.labels, self.hparams["new_head"])
+        if self._start is None:
+            self._start = starting_point(self.base or default_base_model(), self.hparams["recipe_base"])
+        if self.hparams["carry_optimizer"] and self._start.kind != "recipe":
+            raise LightbertError(
+                f"--model.carry_optimizer carries on a recipe checkpoint's optimizer, and {self._start.source.path}"
+                f" is a {KIND_NAMES[self._start.kind]}",
+                "leave --model.carry_optimizer out (to resume a lightbert run, pass --ckpt_path instead)",
+            )
+        self._head_plan = plan_head(
+            self._start.config, self.task, self.labels, self.hparams["new_head"], self._start.source.path
+        )
+        if self.hparams["carry_optimizer"] and not self._head_plan.keep_head:
+            raise LightbertError(
+                f"--model.carry_optimizer needs the recipe's own head, and the data's labels"
+                f" [{', '.join(self._head_plan.wanted)}] are not its [{', '.join(self._head_plan.base_head or [])}]",
+                "leave --model.carry_optimizer out to start a new head with a fresh optimizer",
+            )
 
     def configure_classifier(self) -> None:
         """Build the HF model from ``base`` with this task's head, in float32, from local files only (a fine-tuned
         base keeps its head for the same labels; other labels need ``new_head``, see ``lightbert.hf``)."""
-        assert self.task is not None
-        plan = self._head_plan or plan_head(
-            self.base or default_base_model(), self.task, self.labels, self.hparams["new_head"]
-        )
-        self.model = build_classifier(plan, self.task, self.labels)
+        if self._head_plan is None:
+            self._plan()
+        assert self._start is not None and self._head_plan is not None and self.task is not None
+        self.model = build_from_start(self._start, self._head_plan, self.task, self.labels)
+        if self.hparams["carry_optimizer"] and self._carried_state is None:
+            self._carried_state = recipe_adamw_state(self._start, self.model, head_order(self._head_plan))
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(plan.base)
+            self.tokenizer = self._start.tokenizer()
         self._finish_build()
+
+    def build_from_checkpoint(self, section: dict[str, Any]) -> None:
+        """Build the HF model from a lightbert checkpoint's section (its config; weights random until the state
+        dict is loaded), with its task, labels, tokenizer and data settings."""
+        self.task, self.labels = section["task"], section["labels"]
+        self.data_settings = self.data_settings or dict(section.get("data") or {})
+        self.tokenizer = self.tokenizer or tokenizer_from_files(section["tokenizer_files"])
+        self.model = classifier_from_config(section["hf_config"])
+        self._finish_build()
+
+    def _check_labels(self, section: dict[str, Any], path: str | Path) -> None:
+        if self.task is None:
+            return
+        same_labels = self.task == "regression" or section.get("labels") == self.labels
+        if section.get("task") != self.task or not same_labels:
+            raise LightbertError(
+                f"{path} was trained for {section.get('task')} {section.get('labels') or ''}, the data has"
+                f" {self.task} {self.labels or ''}".rstrip(),
+                f"resume with the data it was trained on, or fine-tune from it with --model.base {path}",
+            )
 
     def _finish_build(self) -> None:
         assert self.model is not None and self.task is not None
@@ -252,6 +350,8 @@ class SequenceClassifier(pl.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=self.hparams["learning_rate"], fused=True)
         except (RuntimeError, TypeError):
             optimizer = torch.optim.AdamW(groups, lr=self.hparams["learning_rate"])
+        if self._carried_state:
+            self._carry_state_into(optimizer)
         total = float(self.trainer.estimated_stepping_batches)
         warmup = self.hparams["warmup_steps"]
         if warmup is None:
@@ -259,12 +359,26 @@ class SequenceClassifier(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    def _carry_state_into(self, optimizer: torch.optim.Optimizer) -> None:
+        """Put the recipe's AdamW moments and step counts (``carry_optimizer``) into ``optimizer``, by name."""
+        assert self._carried_state is not None
+        for name, parameter in self.model.named_parameters():
+            state = self._carried_state.get(name)
+            if state is not None:
+                optimizer.state[parameter] = {
+                    "step": torch.tensor(state["step"], dtype=torch.float32, device=parameter.device),
+                    "exp_avg": state["exp_avg"].to(parameter.device, parameter.dtype, copy=True),
+                    "exp_avg_sq": state["exp_avg_sq"].to(parameter.device, parameter.dtype, copy=True),
+                }
+        self._carried_state = None  # carried once; a resume restores the optimizer from the checkpoint
+
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._tokenizer_files is None:  # serialised once per run, not at every save
             self._tokenizer_files = tokenizer_files(self.tokenizer)
         assert self.task is not None
+        self.model.config.architectures = [type(self.model).__name__]  # what save_pretrained would record
         checkpoint["lightbert"] = build_section(
             hf_config=self.model.config,
             tokenizer_files=self._tokenizer_files,
@@ -289,5 +403,41 @@ class SequenceClassifier(pl.LightningModule):
         return metrics
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        section = checkpoint.get("lightbert") or {}
+        """Before Lightning loads the weights: a lightbert checkpoint's labels must be the data's, and the model is
+        built from its section when there is none yet (``load_from_checkpoint``) or it has another architecture
+        (a Trainer restoring a checkpoint into a model set up from another base)."""
+        section = checkpoint.get("lightbert")
+        if not isinstance(section, dict):
+            raise LightbertError(
+                "the checkpoint is not a lightbert checkpoint, so Lightning cannot restore it into this model",
+                "start from it with SequenceClassifier(base=PATH) (and carry_optimizer=True for a recipe checkpoint)",
+            )
+        self._check_labels(section, "the checkpoint")
+        if self.model is None or not self._matches(checkpoint["state_dict"]):
+            self.build_from_checkpoint(section)
         self._rng_to_restore = section.get("rng")
+
+    def _matches(self, state_dict: dict[str, Any]) -> bool:
+        """Whether the checkpoint's weights have this model's names and shapes."""
+        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+        return all(own.get(k) == shape for k, shape in theirs.items()) and set(own) <= set(theirs) | {
+            k for k in own if k.endswith(("position_ids", "token_type_ids"))
+        }
+
+
+def not_resumable(path: str | Path, kind: str, stage: str = "fit") -> LightbertError:
+    """The error for ``--ckpt_path`` given a model lightbert did not write: what it is, and how to use it."""
+    if kind == "recipe":
+        start = f"lightbert fit --model.base {path} [--model.recipe_base DIR] [--model.carry_optimizer true]"
+    else:
+        start = f"lightbert fit --model.base {path}"
+    if stage == "fit":
+        return LightbertError(
+            f"{path} is a {KIND_NAMES[kind]}, which lightbert cannot resume", f"start from it: {start}"
+        )
+    base = " --base DIR" if kind == "recipe" else ""
+    return LightbertError(
+        f"{path} is a {KIND_NAMES[kind]}; lightbert {stage} --ckpt_path takes lightbert checkpoints",
+        f"predict with it: lightbert predict {path}{base} ..., or fine-tune it: {start}",
+    )

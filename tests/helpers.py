@@ -183,10 +183,12 @@ def recipe_module_class() -> Any:
             num_labels: int = 3,
             hparams: bool = True,
             extra: bool = False,
+            optimizer: str = "adamw",
         ):
             super().__init__()
             if hparams:
                 self.save_hyperparameters()
+            self.optimizer_name = optimizer
             self.attribute = attribute
             classifier = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
             setattr(self, attribute, classifier)
@@ -201,6 +203,14 @@ def recipe_module_class() -> Any:
             return self.classifier(**batch).loss
 
         def configure_optimizers(self):
+            if self.optimizer_name == "sgd":
+                return torch.optim.SGD(self.parameters(), lr=1e-3, momentum=0.9)
+            if self.optimizer_name == "adamw-two-groups":  # no decay on biases and LayerNorm weights, a common variant
+                named = list(self.named_parameters())
+                plain = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n]
+                decayed = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n)]
+                groups = [{"params": decayed, "weight_decay": 0.01}, {"params": plain, "weight_decay": 0.0}]
+                return torch.optim.AdamW(groups, lr=1e-3)
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
     return RecipeModule

@@ -99,7 +99,7 @@ def test_print_config_prints_yaml_with_our_defaults(capsys):
         (["fit", "--data.train=/no/such/file.csv"], "error: data file not found: /no/such/file.csv (check the path)"),
         (["fit", "--data.batch_size=abc"], 'error: Parser key "data.batch_size"'),
         (["fit", "--no_such_flag=1"], "error: unrecognized arguments: --no_such_flag=1"),
-        (["fit", "--model.base=/no/such/dir"], "error: base model directory not found: /no/such/dir"),
+        (["fit", "--model.base=/no/such/dir"], "error: base model not found: /no/such/dir"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
         (["predict", "/no/such.ckpt", "a text", "--precision=int4"], 'error: Parser key "precision"'),
         (["predict", "/no/such.ckpt", "a text", "--device=gpu"], "error: unknown device 'gpu' (use auto, cpu, cuda"),
