@@ -74,12 +74,18 @@ def batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
     return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by tests/test_readme.py, which checks the README's commands against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument(
         "--compile", action="store_true", help="also measure the plain model under torch.compile (not used)"
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     print(machine(), flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

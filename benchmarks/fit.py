@@ -38,7 +38,8 @@ LABELS = {
 }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by tests/test_readme.py, which checks the README's commands against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--val_rows", type=int, default=800)
@@ -46,6 +47,11 @@ def main() -> None:
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, from {', '.join(LABELS)}")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--json", help="write the results here too")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     print(machine(), flush=True)
     peers = args.peers.split(",")

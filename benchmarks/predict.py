@@ -188,7 +188,8 @@ PIPELINE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by tests/test_readme.py, which checks the README's commands against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a lightbert .ckpt or an HF directory (default: MiniLM with a random head)")
     parser.add_argument("--texts", type=int, default=8000)
@@ -209,6 +210,11 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides run")
     parser.add_argument("--json", help="write the results here too")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     print(machine(), flush=True)
     if args.device != "cpu" and (args.int8 or args.onnxruntime):

@@ -59,10 +59,16 @@ def small_model(directory: Path) -> Path:
     return directory
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by tests/test_readme.py, which checks the README's commands against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", default="10000,100000,1000000", help="comma-separated file sizes in lines")
     parser.add_argument("--model", help="checkpoint or HF directory (default: a small random BERT)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     print(machine(), flush=True)
     sizes = [int(n) for n in args.lines.split(",")]

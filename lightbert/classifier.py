@@ -30,6 +30,11 @@ def check_precision(precision: str) -> None:
         raise LightbertError(f"unknown precision {precision!r}", "use fp32, bf16 or int8")
 
 
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise LightbertError(f"threshold must be between 0 and 1, not {threshold}", "pass --threshold 0.5")
+
+
 @dataclass
 class Inference:
     """The raw outputs for a list of texts, in input order: ``logits`` (one row per text) and, per text, whether it
@@ -155,6 +160,7 @@ class Classifier:
         self, logits: torch.Tensor, threshold: float = 0.5, truncated: list[bool] | None = None
     ) -> list[dict[str, Any]]:
         """Prediction records from logits: label names, scores and probabilities in label-id order."""
+        check_threshold(threshold)
         if self.task == "regression":
             records: list[dict[str, Any]] = [{"score": float(v)} for v in logits[:, 0].tolist()]
         elif self.task == "multi_label":

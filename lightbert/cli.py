@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
+from lightbert.arguments import OneLineErrors, boolean_options, expand_flags, positionals_first
 from lightbert.errors import LightbertError, Terminated, one_line
 
 USAGE = """usage: lightbert {fit,validate,test,predict,export,inspect} [options]
@@ -37,14 +38,19 @@ def parser(command: str, description: str) -> Any:
     """A jsonargparse parser whose errors are one line, like every other user error."""
     from jsonargparse import ArgumentParser
 
-    class OneLineErrorParser(ArgumentParser):
-        def error(self, message: str, ex: Exception | None = None) -> Any:
-            raise LightbertError(one_line(message), f"run 'lightbert {command} --help' for the options")
+    class Parser(OneLineErrors, ArgumentParser):
+        pass
 
-    return OneLineErrorParser(prog=f"lightbert {command}", description=description, default_env=False)
+    return Parser(prog=f"lightbert {command}", description=description, default_env=False)
+
+
+def parse(p: Any, args: list[str]) -> Any:
+    """Parse ``args``, boolean options reading as flags too."""
+    return p.parse_args(positionals_first(expand_flags(args, boolean_options(p._actions)), p._actions))
 
 
 def run_predict(args: list[str]) -> None:
+    from lightbert.classifier import check_threshold
     from lightbert.loader import load
     from lightbert.predict import check_output_file, write_predictions
     from lightbert.tables import count_rows, iter_text_chunks
@@ -95,7 +101,12 @@ def run_predict(args: list[str]) -> None:
     )
     p.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
-    config = p.parse_args(args)
+    config = parse(p, args)
+    check_threshold(config.threshold)
+    if config.batch_size < 1:
+        raise LightbertError(f"batch_size must be at least 1, not {config.batch_size}", "pass --batch_size 64")
+    if not config.input and (config.text_column is not None or config.text_pair_column is not None):
+        raise LightbertError("--text_column and --text_pair_column name columns of --input", "give --input FILE")
     if bool(config.texts) == bool(config.input):
         raise LightbertError(
             "give texts as arguments or --input FILE (one of the two)", 'e.g. lightbert predict MODEL "a great film"'
@@ -141,7 +152,7 @@ def run_export(args: list[str]) -> None:
         help="replace a non-empty out_dir (only after the new export is verified)",
     )
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
-    config = p.parse_args(args)
+    config = parse(p, args)
     result = export(
         config.model,
         config.out_dir,
@@ -164,7 +175,7 @@ def run_inspect(args: list[str]) -> None:
     p.add_argument("model", help="a .ckpt file or a Hugging Face model directory")
     p.add_argument("--json", type=bool, default=False, help="print JSON instead of text")
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
-    config = p.parse_args(args)
+    config = parse(p, args)
     info = inspect_model(config.model, trust_checkpoint=config.trust_checkpoint)
     print(json.dumps(info, indent=2, default=str) if config.json else format_inspection(info))
 

@@ -27,6 +27,8 @@ from lightbert.labels import LabelEncoder, Task, check_task
 from lightbert.loader import starting_point
 from lightbert.tables import check_data_file, read_table, select_columns
 
+MIN_LENGTH = 4  # a special token on each side of a text, and room for it
+
 
 @dataclass
 class Rows:
@@ -93,7 +95,23 @@ class ClassificationDataModule(pl.LightningDataModule):
         check_task(task)
         if batch_size < 1:
             raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
-        if not 0.0 < val_fraction < 1.0 and validation is None:
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise LightbertError(
+                f"eval_batch_size must be at least 1, not {eval_batch_size}", "pass --data.eval_batch_size 64"
+            )
+        if max_length < MIN_LENGTH:
+            raise LightbertError(
+                f"max_length must be at least {MIN_LENGTH} tokens, not {max_length}", "pass --data.max_length 128"
+            )
+        if num_workers < 0:
+            raise LightbertError(f"num_workers must be 0 or more, not {num_workers}", "pass --data.num_workers 0")
+        if label_delimiter is not None and not label_delimiter:
+            raise LightbertError("label_delimiter must not be empty", "pass --data.label_delimiter ',' or leave it out")
+        if labels is not None and (len(set(labels)) != len(labels) or not all(str(name).strip() for name in labels)):
+            raise LightbertError(
+                f"labels must be distinct, non-empty names, not {labels}", "pass --data.labels [negative, positive]"
+            )
+        if not 0.0 < val_fraction < 1.0:
             raise LightbertError(
                 f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1"
             )
@@ -127,6 +145,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Read data for a lightbert checkpoint (its lightbert section) that is resumed or evaluated: its tokenizer,
         its position limit, and its task and labels (which the data must have). To validate or test it, no training
         file is needed."""
+        for option, given, own in (("task", self.task, section["task"]), ("labels", self.labels, section["labels"])):
+            if given is not None and given != own:
+                raise LightbertError(
+                    f"--data.{option} {given} is not the checkpoint's ({own})", f"leave --data.{option} out"
+                )
         self.tokenizer = tokenizer_from_files(section["tokenizer_files"])
         self.base_config = config_from_dict(section["hf_config"])
         self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
@@ -137,10 +160,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     # -- settings the model and the checkpoint need -------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        """What a checkpoint must remember to read new data the same way (JSON-safe)."""
+        """What a checkpoint must remember to read new data the same way (JSON-safe). The task and the labels are
+        the checkpoint's own (said once, beside the config), not repeated here."""
         return {
-            "task": self.task,
-            "labels": self.labels,
             "text_column": self.text_column,
             "text_pair_column": self.text_pair_column,
             "label_column": self.label_column,
@@ -176,6 +198,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        if stage == "test" and self.test_path is None:
+            raise LightbertError("no test file was given", "pass --data.test FILE")
         self._ensure_tokenizer()
         if stage in ("validate", "test") and self._checkpoint_labels and not self.train_given:
             self._setup_evaluation(stage)

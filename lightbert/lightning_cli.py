@@ -8,32 +8,32 @@ never leaves a half-made run directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
 from lightbert.callbacks import Checkpointing
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError, Terminated, one_line
-from lightbert.model import SequenceClassifier, not_resumable
+from lightbert.model import SequenceClassifier, logged_metrics, not_resumable
 from lightbert.safety import check_writable_directory
 from lightbert.sources import ModelSource, identify
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
 
-class OneLineErrorParser(LightningArgumentParser):
+class OneLineErrorParser(OneLineErrors, LightningArgumentParser):
     """Parse errors become ``error: ... (...)`` on one line, like every other user error."""
-
-    def error(self, message: str, ex: Exception | None = None) -> Any:
-        command = self.prog.split()[-1] if self.prog else "fit"
-        raise LightbertError(one_line(message), f"run 'lightbert {command} --help' for the options")
 
 
 def default_loggers(root_dir: str | Path) -> list[Any]:
@@ -62,6 +62,16 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
     return f"{stage}: {', '.join(parts) if parts else 'no metrics'}"
 
 
+@contextlib.contextmanager
+def lightning_errors_as_ours() -> Iterator[None]:
+    """Lightning's refusals of option values (a negative ``save_top_k``, devices it cannot have, an accelerator
+    whose package is not installed, ...) as one-line user errors."""
+    try:
+        yield
+    except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:
+        raise LightbertError(one_line(str(err))[:400], "check the options: lightbert COMMAND --help") from None
+
+
 def tokenizer_source(base: str | None, recipe_base: str | None) -> str | None:
     return recipe_base or base
 
@@ -85,18 +95,23 @@ class LightbertCLI(LightningCLI):
             parser_class=OneLineErrorParser,
         )
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        self._preparing = subcommand  # add_arguments_to_parser adds what this subcommand uses
+        return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(Checkpointing, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val_loss",
-                "checkpoint.mode": "min",
-                "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch={epoch}-step={step}-val_loss={val_loss:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        if getattr(self, "_preparing", "fit") == "fit":  # checkpoints are written by training only
+            parser.add_lightning_class_args(Checkpointing, "checkpoint")
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val_loss",
+                    "checkpoint.mode": "min",
+                    "checkpoint.save_top_k": 1,
+                    "checkpoint.save_last": True,
+                    "checkpoint.filename": "best-epoch={epoch}-step={step}-val_loss={val_loss:.4f}",
+                    "checkpoint.auto_insert_metric_name": False,
+                }
+            )
         # The tokenizer comes from the model fine-tuning starts from (for a recipe checkpoint, its directory).
         parser.link_arguments(("model.base", "model.recipe_base"), "data.tokenizer", compute_fn=tokenizer_source)
         parser.add_argument(
@@ -105,6 +120,11 @@ class LightbertCLI(LightningCLI):
             default=False,
             help="Unpickle --ckpt_path fully. Only for a checkpoint you made yourself: a pickle can run any code.",
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args and args[0] in self._subcommand_parsers:  # boolean options read as flags too
+            args = expand_flags(args, boolean_options(self._subcommand_parsers[args[0]]._actions))
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would feed the checkpoint's hyper-parameters back into the config, which lets a file
@@ -115,7 +135,8 @@ class LightbertCLI(LightningCLI):
         # Check everything a user can get wrong before the Trainer exists (and before it prints anything):
         # the data (files, columns, labels), the output directory and the checkpoint to resume from.
         instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
-        self.config_init = instantiate(self.config)
+        with lightning_errors_as_ours():  # Lightning's own checks of the options it takes (Trainer, checkpoint)
+            self.config_init = instantiate(self.config)
         type(self).running = self
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
@@ -124,13 +145,27 @@ class LightbertCLI(LightningCLI):
             self.datamodule.use_checkpoint(checkpoint.section)
         self.datamodule.setup(self.subcommand)
         self.model.preflight(self.datamodule, checkpoint)
+        self._check_monitor()
         trainer_config = self._get(self.config_init, "trainer", default={})
         if self.subcommand == "fit":
-            check_writable_directory(trainer_config.get("default_root_dir") or "runs", "output directory")
+            root = trainer_config.get("default_root_dir") or "runs"
+            check_writable_directory(root, "output directory", create=False)
             dirpath = self._get(self.config, "checkpoint.dirpath")
             if dirpath:
-                check_writable_directory(dirpath, "checkpoint directory")
-        self.trainer = self.instantiate_trainer()
+                check_writable_directory(dirpath, "checkpoint directory", create=False)
+        with lightning_errors_as_ours():
+            self.trainer = self.instantiate_trainer()
+
+    def _check_monitor(self) -> None:
+        if self.subcommand != "fit":
+            return
+        monitor = self._get(self.config, "checkpoint.monitor")
+        names = logged_metrics(self.model.task)
+        if monitor is not None and monitor not in names:
+            raise LightbertError(
+                f"--checkpoint.monitor {monitor} is not a metric this run logs ({', '.join(names)})",
+                "pass one of them",
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":

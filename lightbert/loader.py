@@ -61,6 +61,8 @@ def load(
     user made themselves."""
     check_precision(precision)
     target = resolve_device(device, precision)
+    if base is not None:
+        check_model_dir(base, what="--base")
     opened = open_model(identify(path, trust_checkpoint=trust_checkpoint), base)
     opened.model.to(target)
     return Classifier(opened.model, opened.tokenizer, opened.max_length, opened.info).set_precision(precision)

@@ -66,6 +66,18 @@ def build_metrics(task: str, num_labels: int) -> torchmetrics.MetricCollection:
     return tm.MetricCollection(metrics)
 
 
+METRIC_NAMES = {
+    "single_label": ("accuracy", "f1_macro"),
+    "multi_label": ("f1_micro", "f1_macro"),
+    "regression": ("mse", "pearson", "spearman"),
+}
+
+
+def logged_metrics(task: str) -> list[str]:
+    """The names a run of ``task`` logs, which ``--checkpoint.monitor`` can watch."""
+    return ["train_loss", "val_loss", *(f"val_{name}" for name in METRIC_NAMES[task])]
+
+
 def no_decay_parameter_ids(model: nn.Module) -> set[int]:
     """Biases and normalisation weights, which weight decay should not shrink (found by module type, not by
     name, so it holds for BERT's ``LayerNorm``, DistilBERT's ``sa_layer_norm`` and others alike)."""
@@ -204,8 +216,17 @@ class SequenceClassifier(pl.LightningModule):
         built from it instead, and its labels must be the data's."""
         self.take_labels_from(datamodule)
         if checkpoint is not None:
+            if self.hparams["carry_optimizer"]:
+                raise LightbertError(
+                    "--model.carry_optimizer starts from a recipe checkpoint's optimizer, and --ckpt_path restores"
+                    " lightbert's own",
+                    "use one of the two",
+                )
             if checkpoint.kind != "lightbert":
                 raise not_resumable(checkpoint.path, checkpoint.kind, stage)
+            for path in (self.base, self.hparams["recipe_base"]):
+                if path is not None:  # not used here, but a path that is no model is still a mistake to report
+                    identify(path)
             self._check_labels(checkpoint.section, checkpoint.path)
             self.build_from_checkpoint(checkpoint.section)
             return

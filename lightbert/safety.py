@@ -253,12 +253,21 @@ def remove_stale_temporaries(directory: Path, name_glob: str = "*.ckpt") -> list
     return removed
 
 
-def check_writable_directory(directory: str | Path, what: str) -> Path:
-    """Create ``directory`` if needed and prove it writable, before any work starts."""
+def check_writable_directory(directory: str | Path, what: str, create: bool = True) -> Path:
+    """Prove ``directory`` writable before any work starts: create it (``create``), or check that the nearest
+    existing directory on its path is one that can be written to, leaving nothing behind."""
     directory = Path(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".lightbert-write-test-"):
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+            existing = directory
+        else:
+            existing = directory.absolute()
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".lightbert-write-test-"):
             pass
     except OSError as err:
         raise LightbertError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from helpers import assert_one_error_line, fit_args, run_cli, run_process, sentiment_rows, write_csv
 
@@ -121,3 +122,14 @@ def test_missing_label_column_is_a_clear_error(tiny_bert, tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], sentiment_rows(8))
     result = run_cli(*fit_args(tiny_bert, path, path, tmp_path / "runs", "--data.label_column=stars"))
     assert_one_error_line(result, "no label column 'stars'")
+
+
+def test_an_explicit_task_trains_and_the_checkpoint_says_the_task_once(tiny_bert, tmp_path):
+    rows = [(text, "the film", f"{int(label) * 4 + 0.5:.3f}") for text, label in sentiment_rows(16)]
+    path = write_csv(tmp_path / "stsb.tsv", None, rows)
+    args = fit_args(tiny_bert, path, path, tmp_path / "runs", "--data.text_column=0", "--data.text_pair_column=1")
+    result = run_cli(*args, "--data.label_column=2", "--data.task=regression")
+    assert result.code == 0, result.err
+    checkpoint = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "task" not in checkpoint["hyper_parameters"] and "task" not in checkpoint["lightbert"]["data"]
+    assert checkpoint["datamodule_hyper_parameters"]["task"] == checkpoint["lightbert"]["task"] == "regression"
