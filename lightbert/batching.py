@@ -75,74 +75,108 @@ class PaddingCollator:
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """A seeded shuffle that keeps texts of similar length in the same batch, and can resume mid-epoch.
+    """A seeded shuffle that keeps texts of similar length in the same batch, split across processes, resumable
+    mid-epoch.
 
-    Each epoch (seed + epoch) draws a permutation, cuts it into mega-batches of ``group_size`` batches, sorts each
-    by length and cuts it into batches, then shuffles the order of the full batches (a short remainder goes last)
-    and moves the batch with the longest text to the front, as the Trainer's ``group_by_length`` does: a batch too
-    big for the memory fails at the first step, not hours in, and the allocator meets its largest batch first, so
-    later batches reuse that memory instead of growing the heap around smaller blocks.
-    Consecutive runs of ``batch_size`` indices are exactly those batches, so a plain ``BatchSampler`` on top
-    reproduces them. ``resume(epoch, samples_done)`` makes the next pass over that epoch skip what was trained.
+    Each epoch (seed + epoch) draws a permutation, cuts it into mega-batches of ``group_size`` global batches, sorts
+    each by length and cuts it into global batches of ``batch_size x num_replicas`` rows, then shuffles the order of
+    the full ones (a short remainder goes last) and moves the batch with the longest text to the front, as the
+    Trainer's ``group_by_length`` does: a batch too big for the memory fails at the first step, and the allocator
+    meets its largest batch first. Process ``rank`` of ``num_replicas`` takes rows ``rank x batch_size`` to
+    ``(rank + 1) x batch_size`` of each global batch, so every optimizer step sees the rows one process with batch
+    ``batch_size x num_replicas`` would, whatever the number of processes. On several processes the rows that do
+    not fill a last global batch sit that epoch out (each epoch shuffles anew); on one process they are the last,
+    shorter batch.
+
+    Consecutive runs of ``batch_size`` indices are this process's batches, so a plain ``BatchSampler`` on top
+    reproduces them. ``resume(epoch, batches_done)`` makes the next pass over that epoch skip what was trained.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_size: int = 50) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        group_size: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of {num_replicas} replicas")
         self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
         self.batch_size = batch_size
         self.seed = seed
         self.group_size = group_size
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume(self, epoch: int, samples_done: int) -> None:
-        self._resume = (epoch, samples_done)
+    def resume(self, epoch: int, batches_done: int) -> None:
+        self._resume = (epoch, batches_done)
 
-    def order(self, epoch: int) -> list[int]:
-        """The full order of sample indices for ``epoch``."""
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of ``epoch``, in order (the remainder last, shorter)."""
         generator = torch.Generator().manual_seed(self.seed + epoch)
         permutation = torch.randperm(len(self.lengths), generator=generator)
-        mega = self.batch_size * self.group_size
+        size = self.global_batch_size
         full_batches: list[torch.Tensor] = []
         remainder: list[torch.Tensor] = []
-        for start in range(0, len(permutation), mega):
-            group = permutation[start : start + mega]
+        for start in range(0, len(permutation), size * self.group_size):
+            group = permutation[start : start + size * self.group_size]
             group = group[torch.argsort(self.lengths[group], descending=True, stable=True)]
-            for b in range(0, len(group), self.batch_size):
-                batch = group[b : b + self.batch_size]
-                (full_batches if len(batch) == self.batch_size else remainder).append(batch)
+            for b in range(0, len(group), size):
+                batch = group[b : b + size]
+                (full_batches if len(batch) == size else remainder).append(batch)
         shuffled = torch.randperm(len(full_batches), generator=generator).tolist()
         batches = [full_batches[i] for i in shuffled]
-        if batches:
-            longest = max(
-                range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]])
-            )  # sorted: [0] is the longest
+        if batches:  # each is sorted, so its first row is its longest
+            longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]]))
             batches[0], batches[longest] = batches[longest], batches[0]
-        batches += remainder
-        return torch.cat(batches).tolist() if batches else []
+        return [batch.tolist() for batch in batches + remainder]
+
+    def order(self, epoch: int) -> list[int]:
+        """This process's sample indices for ``epoch``, in order."""
+        own = []
+        for batch in self.global_batches(epoch):
+            if len(batch) == self.global_batch_size:
+                own += batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            elif self.num_replicas == 1:
+                own += batch
+        return own
 
     def __iter__(self) -> Iterator[int]:
         # A generator: the epoch is read at the first draw, after Lightning has called set_epoch.
         order = self.order(self.epoch)
         if self._resume is not None:
-            epoch, samples_done = self._resume
+            epoch, batches_done = self._resume
             self._resume = None
             if epoch == self.epoch:
-                order = order[samples_done:]
+                order = order[batches_done * self.batch_size :]
         yield from order
 
     def __len__(self) -> int:
         # The full epoch, also when resuming: Lightning counts the batches already done itself.
-        return len(self.lengths)
+        if self.num_replicas == 1:
+            return len(self.lengths)
+        return len(self.lengths) // self.global_batch_size * self.batch_size
 
 
 class SortedSampler(Sampler[int]):
-    """Evaluation order: longest first, so batches hold similar lengths and pad little. Metrics ignore order."""
+    """Evaluation order: longest first, so batches hold similar lengths and pad little (metrics ignore order). On
+    several processes, process ``rank`` takes every ``num_replicas``-th text: each text is evaluated exactly once,
+    with no padding duplicates (processes may hold one text more or fewer)."""
 
-    def __init__(self, lengths: Sequence[int]) -> None:
-        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    def __init__(self, lengths: Sequence[int], num_replicas: int = 1, rank: int = 0) -> None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        self.order = order[rank::num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order)

@@ -35,7 +35,10 @@ class Checkpointing(ModelCheckpoint):
     - writes every checkpoint atomically (it installs ``AtomicCheckpointIO`` unless another IO plugin is set);
     - checks that its directory is writable before training starts, and removes temporary files that a killed
       run left there;
-    - on SIGTERM (preemption, ``kill``), saves ``last.ckpt`` at the batch boundary where Lightning stops.
+    - on SIGTERM (preemption, ``kill``), saves ``last.ckpt`` at the batch boundary where Lightning stops;
+    - refreshes ``last.ckpt`` at every validation (and epoch end), also when the monitored metric did not improve:
+      Lightning 2.6 refreshes it only when it saves a top-k checkpoint, which would leave ``last.ckpt`` (the one
+      to resume from) at an older epoch.
 
     Args:
         last_every_n_steps: refresh last.ckpt every N optimizer steps (default: only at validations).
@@ -59,6 +62,22 @@ class Checkpointing(ModelCheckpoint):
         if stage == "fit" and self.dirpath and "://" not in str(self.dirpath) and trainer.is_global_zero:
             check_writable_directory(self.dirpath, "checkpoint directory")
             remove_stale_temporaries(Path(self.dirpath))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: Any) -> None:
+        """Save ``last.ckpt`` for this step unless a checkpoint was saved at it already."""
+        saved_already = self._last_global_step_saved == trainer.global_step
+        if self.save_last and not saved_already and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -13,7 +13,6 @@ import json
 import pickle
 import random
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, note
 from lightbert.hf import load_tokenizer
 from lightbert.safety import check_hyperparameters, refuse_lfs_pointer
 
@@ -165,6 +164,7 @@ def build_section(
     training_config: str | None,
     rng: dict[str, Any] | None,
     metrics: dict[str, float] | None = None,
+    rng_by_rank: list[Any] | None = None,
 ) -> dict[str, Any]:
     section = {
         "format_version": FORMAT_VERSION,
@@ -176,6 +176,7 @@ def build_section(
         "training_config": training_config,
         "versions": versions(),
         "rng": rng,
+        "rng_by_rank": rng_by_rank,
         "metrics": dict(metrics or {}),
     }
     check_weights_only_safe(section, "checkpoint['lightbert']")
@@ -221,10 +222,9 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[st
             "give a .ckpt written by lightbert or Lightning",
         )
     if trust_checkpoint:
-        print(
+        note(
             f"warning: loading {path} with --trust_checkpoint: a pickle can run any code;"
-            " do this only with files you made yourself",
-            file=sys.stderr,
+            " do this only with files you made yourself"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=not trust_checkpoint)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags, positionals_first
-from lightbert.errors import LightbertError, Terminated, one_line
+from lightbert.errors import LightbertError, Terminated, note, one_line
 
 USAGE = """usage: lightbert {fit,validate,test,predict,export,inspect} [options]
 
@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         command(argv if command is run_training else argv[1:])
         return 0
     except LightbertError as err:
-        print(f"error: {err}", file=sys.stderr)
+        note(f"error: {err}")  # in a distributed run every process stops; the first one says why
         return 2
     except Terminated as stop:
         where = f"saved {stop.path}; resume with --ckpt_path {stop.path}" if stop.path else "no checkpoint was saved"
-        print(f"error: stopped by SIGTERM ({where})", file=sys.stderr)
+        note(f"error: stopped by SIGTERM ({where})")  # every process exits 143; the first one says why
         return 143
     except KeyboardInterrupt:
         print("error: interrupted (run again with --ckpt_path to resume from the last checkpoint)", file=sys.stderr)

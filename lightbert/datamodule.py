@@ -263,23 +263,55 @@ class ClassificationDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
+    def processes(self) -> tuple[int, int]:
+        """How many processes train or evaluate together, and which one this is (1, 0 without a Trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
-        self.train_sampler = LengthGroupedSampler(dataset.lengths, self.batch_size, seed=self.seed)
+        replicas, rank = self.processes()
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        if replicas > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise LightbertError(
+                "the Trainer would replace lightbert's sampler, which splits the batches across processes itself",
+                "pass use_distributed_sampler=False to the Trainer (lightbert fit does)",
+            )
+        self.train_sampler = LengthGroupedSampler(
+            dataset.lengths, self.batch_size, seed=self.seed, num_replicas=replicas, rank=rank
+        )
         if self._resume_state is not None:
-            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["samples_done"])
+            self.check_resume_layout(self._resume_state, replicas, self.batch_size)
+            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"])
             self._resume_state = None
         return self._loader(dataset, self.train_sampler, self.batch_size)
 
+    @staticmethod
+    def check_resume_layout(state: dict[str, int], replicas: int, batch_size: int) -> None:
+        """Resuming must see the global batches the interrupted run saw: the same processes x batch size."""
+        saved = (state.get("world_size", 1), state.get("batch_size", batch_size))
+        if saved != (replicas, batch_size):
+            raise LightbertError(
+                f"the checkpoint was written by {saved[0]} process(es) x batch {saved[1]}, this run has {replicas} x"
+                f" {batch_size}: the batches would differ",
+                f"resume with {saved[0]} process(es) (--trainer.devices x --trainer.num_nodes) and --data.batch_size"
+                f" {saved[1]}",
+            )
+
     def val_dataloader(self) -> DataLoader:
-        dataset = self.datasets["validation"]
-        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
+        return self._evaluation_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:
             raise LightbertError("no test file was given", "pass --data.test FILE")
-        dataset = self.datasets["test"]
-        return self._loader(dataset, SortedSampler(dataset.lengths), self.eval_batch_size)
+        return self._evaluation_loader("test")
+
+    def _evaluation_loader(self, name: str) -> DataLoader:
+        dataset = self.datasets[name]
+        replicas, rank = self.processes()
+        return self._loader(dataset, SortedSampler(dataset.lengths, replicas, rank), self.eval_batch_size)
 
     # -- exact resume: where in the epoch the checkpoint was taken ------------------------------------------------
 
@@ -287,10 +319,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or self.train_sampler is None:
             return {}
-        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
-        n = len(self.datasets["train"])
-        return {"epoch": int(trainer.current_epoch), "samples_done": int(min(batches_done * self.batch_size, n))}
+        progress: Any = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {
+            "epoch": int(trainer.current_epoch),
+            "batches_done": int(progress.processed),
+            "world_size": self.train_sampler.num_replicas,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if state_dict:
-            self._resume_state = {"epoch": int(state_dict["epoch"]), "samples_done": int(state_dict["samples_done"])}
+        if not state_dict:
+            return
+        state = {key: int(value) for key, value in state_dict.items()}
+        if "batches_done" not in state:  # written before 0.2: one process, rows done
+            state["batches_done"] = state.pop("samples_done") // self.batch_size
+        self._resume_state = state

@@ -26,3 +26,23 @@ class Terminated(Exception):
 def one_line(message: str) -> str:
     """A message of several lines (a parser's, a library's) as one line."""
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def global_rank() -> int:
+    """This process's rank among the processes of a distributed run (0 when it runs alone), from the environment
+    the launchers (Lightning, torchrun, SLURM) set, as Lightning reads it."""
+    import os
+
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
+def note(message: str) -> None:
+    """A line on stderr for the user, from the first process only, so a distributed run says it once."""
+    import sys
+
+    if global_rank() == 0:
+        print(message, file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, note
 from lightbert.safety import check_model_files
 
 PROBLEM_TYPES = {
@@ -249,5 +248,5 @@ def build_classifier(
             elif replace_head:
                 for key in keys:
                     model._init_weights(model.get_submodule(key.rsplit(".", 1)[0]))
-                print(f"new classification head: re-initialised {', '.join(keys)}", file=sys.stderr)
+                note(f"new classification head: re-initialised {', '.join(keys)}")
     return model.train()

@@ -62,6 +62,18 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
     return f"{stage}: {', '.join(parts) if parts else 'no metrics'}"
 
 
+def process_count(devices: Any, num_nodes: Any) -> int | None:
+    """How many processes ``--trainer.devices`` and ``--trainer.num_nodes`` ask for, where that is plain before the
+    Trainer exists (``auto`` is not)."""
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    if not isinstance(devices, int) or devices < 1:
+        return None
+    return devices * (int(num_nodes) if isinstance(num_nodes, int) and num_nodes > 0 else 1)
+
+
 @contextlib.contextmanager
 def lightning_errors_as_ours() -> Iterator[None]:
     """Lightning's refusals of option values (a negative ``save_top_k``, devices it cannot have, an accelerator
@@ -89,7 +101,8 @@ class LightbertCLI(LightningCLI):
             ClassificationDataModule,
             args=args,
             seed_everything_default=42,
-            trainer_defaults={"max_epochs": 2, "default_root_dir": "runs"},
+            # lightbert's samplers split the data across processes themselves (global batches, each row once).
+            trainer_defaults={"max_epochs": 2, "default_root_dir": "runs", "use_distributed_sampler": False},
             parser_kwargs={"description": "lightbert: fine-tune BERT-family sequence classifiers."},
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,
@@ -201,7 +214,20 @@ class LightbertCLI(LightningCLI):
                 f"start from it with --model.base {ckpt_path}",
             )
         self._resumed_step = int((source.checkpoint or {}).get("global_step", 0))
+        if self.subcommand == "fit":
+            self._check_resume_layout(source)
         return source
+
+    def _check_resume_layout(self, source: ModelSource) -> None:
+        """Before anything starts: the run resumes with the processes and batch size that wrote the checkpoint
+        (the data module checks again, once the Trainer knows its processes for sure)."""
+        state = (source.checkpoint or {}).get(ClassificationDataModule.__qualname__) or {}
+        trainer = self._get(self.config_init, "trainer", default={})
+        processes = process_count(trainer.get("devices"), trainer.get("num_nodes"))
+        if not state or processes is None:
+            return
+        layout = ClassificationDataModule.check_resume_layout
+        layout(state, processes, self._get(self.config_init, "data").batch_size)
 
     def _record_config(self) -> None:
         assert self.subcommand is not None
@@ -212,6 +238,8 @@ class LightbertCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
         if self._resumed_step is not None and trainer.global_step == self._resumed_step:
             print(
                 f"the run is already complete at epoch {trainer.current_epoch}, step {trainer.global_step}: nothing"
@@ -225,10 +253,12 @@ class LightbertCLI(LightningCLI):
             print(f"last checkpoint: {callback.last_model_path or '(none)'}")
 
     def after_validate(self) -> None:
-        print(summarize_metrics(self.trainer.callback_metrics, "val_"))
+        if self.trainer.is_global_zero:
+            print(summarize_metrics(self.trainer.callback_metrics, "val_"))
 
     def after_test(self) -> None:
-        print(summarize_metrics(self.trainer.callback_metrics, "test_"))
+        if self.trainer.is_global_zero:
+            print(summarize_metrics(self.trainer.callback_metrics, "test_"))
 
 
 class _DropAdvertising(logging.Filter):

@@ -303,6 +303,11 @@ class SequenceClassifier(pl.LightningModule):
         num_labels = self.model.config.num_labels
         self.val_metrics = build_metrics(self.task, num_labels).clone(prefix="val_")
         self.test_metrics = build_metrics(self.task, num_labels).clone(prefix="test_")
+        # The loss as a metric too: its sum and row count are synced across processes, so a distributed run's loss
+        # is the mean over every row (Lightning's own mean of logged values is off when processes hold different
+        # numbers of rows), and every process agrees on the best checkpoint.
+        self.val_loss = torchmetrics.MeanMetric()
+        self.test_loss = torchmetrics.MeanMetric()
         self.model.train()  # from_pretrained returns eval mode; training needs dropout (see on_train_start)
 
     # -- steps -------------------------------------------------------------------------------------------------
@@ -336,7 +341,9 @@ class SequenceClassifier(pl.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], metrics: torchmetrics.MetricCollection, stage: str) -> None:
         output = self(batch)
         size = batch["input_ids"].shape[0]
-        self.log(f"{stage}_loss", output.loss, prog_bar=stage == "val", batch_size=size)
+        loss = self.val_loss if stage == "val" else self.test_loss
+        loss.update(output.loss.detach(), weight=size)
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", batch_size=size)
         metrics.update(*self._metric_inputs(output.logits, batch["labels"]))
         self.log_dict(metrics, batch_size=size)
 
@@ -400,6 +407,12 @@ class SequenceClassifier(pl.LightningModule):
             self._tokenizer_files = tokenizer_files(self.tokenizer)
         assert self.task is not None
         self.model.config.architectures = [type(self.model).__name__]  # what save_pretrained would record
+        rng = capture_rng_state()
+        rng_by_rank = None
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            # Each process draws its own dropout masks: each one's generators are saved, for an exact resume.
+            rng_by_rank = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(rng_by_rank, rng)
         checkpoint["lightbert"] = build_section(
             hf_config=self.model.config,
             tokenizer_files=self._tokenizer_files,
@@ -407,7 +420,8 @@ class SequenceClassifier(pl.LightningModule):
             labels=self.labels,
             data_settings=self.data_settings,
             training_config=self.training_config,
-            rng=capture_rng_state(),
+            rng=rng,
+            rng_by_rank=rng_by_rank,
             metrics=self._validation_metrics(),
         )
 
@@ -436,7 +450,11 @@ class SequenceClassifier(pl.LightningModule):
         self._check_labels(section, "the checkpoint")
         if self.model is None or not self._matches(checkpoint["state_dict"]):
             self.build_from_checkpoint(section)
-        self._rng_to_restore = section.get("rng")
+        by_rank = section.get("rng_by_rank")
+        if by_rank and self._trainer is not None and len(by_rank) == self.trainer.world_size:
+            self._rng_to_restore = by_rank[self.trainer.global_rank]
+        else:
+            self._rng_to_restore = section.get("rng")
 
     def _matches(self, state_dict: dict[str, Any]) -> bool:
         """Whether the checkpoint's weights have this model's names and shapes."""

@@ -64,7 +64,7 @@ def test_sampler_resumes_mid_epoch_where_it_stopped():
     sampler = LengthGroupedSampler([i % 9 for i in range(50)], batch_size=5, seed=1)
     sampler.set_epoch(2)
     full = list(sampler)
-    sampler.resume(epoch=2, samples_done=15)
+    sampler.resume(epoch=2, batches_done=3)
     assert list(sampler) == full[15:]
     assert list(sampler) == full  # the skip applies once
     assert len(sampler) == 50  # Lightning counts the batches already done itself

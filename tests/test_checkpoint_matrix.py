@@ -8,7 +8,13 @@ import torch
 from helpers import copy_directory, run_cli, sentiment_rows, train_recipe, write_csv
 
 COMMANDS = {
-    "fit --ckpt_path": ["fit", "--model.base={base}", "--ckpt_path={model}", "--trainer.max_steps=1"],
+    "fit --ckpt_path": [
+        "fit",
+        "--model.base={base}",
+        "--ckpt_path={model}",
+        "--trainer.max_steps=1",
+        "--data.batch_size=8",
+    ],
     "fit --model.base": ["fit", "--model.base={model}", "--trainer.max_steps=1"],
     "validate --ckpt_path": ["validate", "--ckpt_path={model}"],
     "test --ckpt_path": ["test", "--ckpt_path={model}", "--data.test={data}"],

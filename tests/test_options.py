@@ -153,6 +153,7 @@ VALID_RUNS: dict[str, list[list[str]]] = {
             "--model.base={base}",
             *DATA,
             "--ckpt_path={ckpt}",
+            "--data.batch_size=8",
             "--trainer.max_epochs=3",
             "--trainer.default_root_dir={run}",
         ],
