@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_write(Path(path), lambda f: torch.save(checkpoint, f), what="checkpoint")
+
+
+def sigterm_handler(trainer: Any, connector: Any) -> Callable[[int, Any], None]:
+    """SIGTERM only marks the run to stop at the next batch boundary (and passes the signal to the processes the
+    launcher started). Lightning's own handler also broadcasts from inside the handler, a collective that meets
+    whatever collective another process is in at that moment; the stop is shared at the batch boundary anyway,
+    where Lightning broadcasts the first process's decision to all."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if not connector.received_sigterm:
+            launcher = trainer.strategy.launcher
+            if launcher is not None:
+                launcher.kill(signum)
+        connector.received_sigterm = True
+
+    return handle
 
 
 class Checkpointing(ModelCheckpoint):
@@ -62,6 +81,12 @@ class Checkpointing(ModelCheckpoint):
         if stage == "fit" and self.dirpath and "://" not in str(self.dirpath) and trainer.is_global_zero:
             check_writable_directory(self.dirpath, "checkpoint directory")
             remove_stale_temporaries(Path(self.dirpath))
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm_handler(trainer, connector))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_validation_end(trainer, pl_module)

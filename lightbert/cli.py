@@ -101,6 +101,19 @@ def run_predict(args: list[str]) -> None:
     )
     p.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes on this machine that share --input (each predicts every N-th chunk of 4,096 texts; the first"
+        " writes --output in input order)",
+    )
+    p.add_argument(
+        "--num_nodes",
+        type=int,
+        default=1,
+        help="machines running --devices processes each, started by torchrun or SLURM",
+    )
     config = parse(p, args)
     check_threshold(config.threshold)
     if config.batch_size < 1:
@@ -113,6 +126,10 @@ def run_predict(args: list[str]) -> None:
         )
     if config.output:
         check_output_file(config.output, config.overwrite)
+    if config.devices < 1 or config.num_nodes < 1:
+        raise LightbertError("--devices and --num_nodes must be at least 1", "pass --devices 2")
+    if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
+        return predict_in_group(config, ["predict", *args])
     classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
     if config.input:
         chunks = iter_text_chunks(config.input, config.text_column, config.text_pair_column, paired=classifier.paired)
@@ -132,6 +149,42 @@ def run_predict(args: list[str]) -> None:
         )
     if config.output:
         print(f"wrote {summary.count} predictions to {config.output}", file=sys.stderr)
+
+
+def predict_in_group(config: Any, command: list[str]) -> None:
+    """``lightbert predict --input FILE --output FILE`` shared by ``--devices x --num_nodes`` processes."""
+    from lightbert.distributed import group
+    from lightbert.loader import load
+    from lightbert.predict import write_predictions_in_group
+
+    if not (config.input and config.output):
+        raise LightbertError("several processes predict a file into a file", "give --input FILE and --output FILE")
+    with group(command, config.devices, config.num_nodes) as processes:
+        device = config.device
+        if device == "auto" and torch_has_cuda() and config.precision != "int8":
+            device = f"cuda:{processes.rank % config.devices}"
+        elif config.devices > 1:  # processes on one machine share its cores
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
+        classifier = load(config.model, config.base, config.trust_checkpoint, device, config.precision)
+        summary = write_predictions_in_group(
+            processes, classifier, config.input, config.output, config.text_column, config.text_pair_column,
+            config.batch_size, config.threshold, config.overwrite,
+        )  # fmt: skip
+    if processes.is_first:
+        if summary.truncated:
+            note(
+                f"note: {summary.truncated} of {summary.count} texts were longer than {classifier.max_length} tokens"
+                " and were truncated"
+            )
+        note(f"wrote {summary.count} predictions to {config.output} ({processes.world_size} processes)")
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def run_export(args: list[str]) -> None:

@@ -29,11 +29,15 @@ def one_line(message: str) -> str:
 
 
 def global_rank() -> int:
-    """This process's rank among the processes of a distributed run (0 when it runs alone), from the environment
-    the launchers (Lightning, torchrun, SLURM) set, as Lightning reads it."""
+    """This process's rank among the processes of a distributed run (0 when it runs alone): Lightning's, once its
+    strategy has set the processes up, else what the launchers (torchrun, SLURM, Lightning) put in the environment."""
     import os
+    import sys
 
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+    rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")
+    if rank_zero is not None and isinstance(getattr(rank_zero.rank_zero_only, "rank", None), int):
+        return int(rank_zero.rank_zero_only.rank)
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         value = os.environ.get(key)
         if value is not None and value.isdigit():
             return int(value)

@@ -75,13 +75,13 @@ def process_count(devices: Any, num_nodes: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def lightning_errors_as_ours() -> Iterator[None]:
+def lightning_errors_as_ours(command: str) -> Iterator[None]:
     """Lightning's refusals of option values (a negative ``save_top_k``, devices it cannot have, an accelerator
     whose package is not installed, ...) as one-line user errors."""
     try:
         yield
     except (MisconfigurationException, ValueError, ModuleNotFoundError) as err:
-        raise LightbertError(one_line(str(err))[:400], "check the options: lightbert COMMAND --help") from None
+        raise LightbertError(one_line(str(err))[:400], f"see lightbert {command} --help") from None
 
 
 def tokenizer_source(base: str | None, recipe_base: str | None) -> str | None:
@@ -148,7 +148,8 @@ class LightbertCLI(LightningCLI):
         # Check everything a user can get wrong before the Trainer exists (and before it prints anything):
         # the data (files, columns, labels), the output directory and the checkpoint to resume from.
         instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
-        with lightning_errors_as_ours():  # Lightning's own checks of the options it takes (Trainer, checkpoint)
+        # Lightning's own checks of the options it takes (Trainer, checkpoint) as one-line errors.
+        with lightning_errors_as_ours(str(self.subcommand)):
             self.config_init = instantiate(self.config)
         type(self).running = self
         self.datamodule = self._get(self.config_init, "data")
@@ -166,7 +167,7 @@ class LightbertCLI(LightningCLI):
             dirpath = self._get(self.config, "checkpoint.dirpath")
             if dirpath:
                 check_writable_directory(dirpath, "checkpoint directory", create=False)
-        with lightning_errors_as_ours():
+        with lightning_errors_as_ours(str(self.subcommand)):
             self.trainer = self.instantiate_trainer()
 
     def _check_monitor(self) -> None:

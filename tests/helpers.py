@@ -266,6 +266,28 @@ def copy_directory(source: Path, target: Path) -> Path:
 # -- the command line -------------------------------------------------------------------------------------------------
 
 
+def commands(markdown: Path, prefixes: tuple[str, ...] = ("lightbert ", "python benchmarks/")) -> list[str]:
+    """The commands a markdown file shows: indented lines that start with one of ``prefixes`` (continuation lines
+    joined, comments dropped), and inline ``python benchmarks/...`` code."""
+    import re
+
+    found, lines = [], markdown.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("    ") and line.strip().startswith(prefixes):
+            command = line.strip()
+            while command.endswith("\\"):
+                i += 1
+                command = command[:-1].rstrip() + " " + lines[i].strip()
+            found.append(command.split("  #")[0].strip())
+        i += 1
+    benchmarks = (
+        re.findall(r"`(python benchmarks/[^`]+)`", markdown.read_text()) if "python benchmarks/" in prefixes else []
+    )
+    return found + benchmarks
+
+
 def fit_args(base: Path, train: Path, val: Path, root: Path, *extra: str, epochs: int = 1, batch: int = 8) -> list[str]:
     """``lightbert fit`` on a tiny model: quiet, ``epochs`` epochs of batch ``batch``, runs under ``root``."""
     return [

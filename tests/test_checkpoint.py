@@ -114,3 +114,23 @@ def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):
     with pytest.raises(LightbertError, match="could run code"):
         read_checkpoint(path)
     assert not sentinel.exists()
+
+
+def test_last_ckpt_is_the_final_state_even_when_no_best_checkpoint_was_saved_at_the_end(
+    tiny_bert, sentiment_files, tmp_path
+):
+    # Lightning 2.6 refreshes last.ckpt only when it saves a top-k checkpoint; resuming must start from the end.
+    import lightning.pytorch as pl
+    from helpers import quiet_trainer
+
+    from lightbert import ClassificationDataModule, SequenceClassifier
+    from lightbert.callbacks import Checkpointing
+
+    pl.seed_everything(0, verbose=False)
+    train, val = sentiment_files
+    data = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(tiny_bert), batch_size=8)
+    checkpoint = Checkpointing(dirpath=str(tmp_path), monitor="val_loss", mode="min", save_top_k=1, save_last=True)
+    trainer = quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(SequenceClassifier(base=str(tiny_bert), learning_rate=1e-12), data)  # val_loss will not improve
+    assert len(list(tmp_path.glob("epoch=0-*.ckpt"))) == 1 and not list(tmp_path.glob("epoch=1-*.ckpt"))
+    assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == trainer.global_step == 10

@@ -8,37 +8,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import re
 import shlex
 from pathlib import Path
 
 import pytest
-from helpers import copy_directory, run_cli, sentiment_rows, train_recipe, write_csv, write_jsonl
+from helpers import commands, copy_directory, run_cli, run_process, sentiment_rows, train_recipe, write_csv, write_jsonl
 
 from lightbert.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--trainer.max_steps=2", "--trainer.limit_val_batches=2"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-def commands(markdown: Path) -> list[str]:
-    """Commands in the indented code blocks (continuation lines joined, comments dropped), and inline
-    ``python benchmarks/...`` commands."""
-    found, lines = [], markdown.read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("    lightbert ") or line.startswith("    python benchmarks/"):
-            command = line.strip()
-            while command.endswith("\\"):
-                i += 1
-                command = command[:-1].rstrip() + " " + lines[i].strip()
-            found.append(command.split("  #")[0].strip())
-        i += 1
-    for text in (markdown.read_text(),):
-        found += [m for m in re.findall(r"`(python benchmarks/[^`]+)`", text)]
-    return found
 
 
 def test_the_readme_shows_commands_to_run():
@@ -93,6 +73,14 @@ def with_stand_ins(command: str, tiny_bert: Path) -> tuple[list[str], str | None
     return args, redirect
 
 
+def several_processes(args: list[str]) -> bool:
+    """Whether a command asks for more processes (then it runs as a real one, whose launcher starts the others)."""
+    return any(
+        a in ("--trainer.devices", "--devices") and i + 1 < len(args) and int(args[i + 1]) > 1
+        for i, a in enumerate(args)
+    )
+
+
 def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
     ran = []
     for command in commands(ROOT / "README.md"):
@@ -106,7 +94,8 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
             assert done.value.code in (0, None), command
             (scratch / redirect).write_text(out.getvalue())
         else:
-            result = run_cli(*args)
+            # Several processes: a real one, whose launcher starts the others with the same command.
+            result = run_process(*args) if several_processes(args) else run_cli(*args)
             assert result.code == 0, f"{command}\n{result.err[-2000:]}"
         ran.append(args[0])
     assert {"fit", "predict", "test", "export", "inspect"} <= set(ran)
