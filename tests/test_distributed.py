@@ -229,12 +229,16 @@ def texts(tmp_path_factory):
     return path
 
 
-def test_two_processes_predict_a_file_into_the_file_one_process_writes(trained_checkpoint, texts, tmp_path):
+def test_two_machines_predict_a_file_into_the_file_one_process_writes(trained_checkpoint, texts, tmp_path):
     assert run_cli("predict", trained_checkpoint, "--input", texts, "--output", tmp_path / "one.jsonl").code == 0
-    result = run_process("predict", trained_checkpoint, "--input", texts, "--output", tmp_path / "two.jsonl",
-                         "--devices", "2")  # fmt: skip
-    assert result.code == 0, result.err[-2000:]
-    assert "wrote 10000 predictions" in result.err and "(2 processes)" in result.err
+    # Two "machines" of one process each, started by torchrun as the README's training command is.
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    launcher += ["--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "lightbert.cli", "predict"]
+    args = [str(trained_checkpoint), "--input", str(texts), "--output", str(tmp_path / "two.jsonl"), "--num_nodes=2"]
+    nodes = [popen([*launcher[:3], f"--node-rank={rank}", *launcher[3:], *args]) for rank in (0, 1)]
+    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:]
+    assert "wrote 10000 predictions" in "".join(errors) and "(2 processes)" in "".join(errors)
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]  # no shards left
 
