@@ -15,6 +15,7 @@ MIN_LIGHTNING = (2, 6, 6)
 
 _LAZY = {
     "load": "lightbert.loader",
+    "evaluate": "lightbert.evaluation",
     "Classifier": "lightbert.classifier",
     "ClassificationDataModule": "lightbert.datamodule",
     "SequenceClassifier": "lightbert.model",

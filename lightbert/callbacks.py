@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.errors import LightbertError
@@ -132,3 +132,58 @@ class Checkpointing(ModelCheckpoint):
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self.saved_on_sigterm = self.last_model_path
+
+
+LOWER_IS_BETTER = ("loss", "mse")
+
+
+def metric_mode(monitor: str) -> str:
+    """``min`` for losses and errors, ``max`` for the other metrics a run logs (accuracy, F1, correlations)."""
+    return "min" if monitor.endswith(LOWER_IS_BETTER) else "max"
+
+
+class StopEarly(EarlyStopping):
+    """Lightning's ``EarlyStopping``, off unless ``patience`` is given, checked at every validation (before the
+    checkpoint of that validation is written, so its state is in the checkpoint and a resumed run stops where the
+    uninterrupted one does), and saying when and why it stopped.
+
+    Args:
+        patience: stop after this many validation runs without improvement (default: never stop early).
+        monitor: the metric to watch (default: val_loss); its direction follows from its name.
+        min_delta: the smallest change that counts as an improvement.
+    """
+
+    def __init__(self, patience: int | None = None, monitor: str = "val_loss", min_delta: float = 0.0) -> None:
+        if patience is not None and patience < 0:
+            raise LightbertError(f"patience must be 0 or more, not {patience}", "pass --early_stopping.patience 2")
+        if min_delta < 0:
+            raise LightbertError(
+                f"min_delta must be 0 or more, not {min_delta}", "pass --early_stopping.min_delta 0.001"
+            )
+        super().__init__(
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience if patience is not None else 0,
+            mode=metric_mode(monitor),
+            check_on_train_epoch_end=False,
+        )
+        self.enabled = patience is not None
+        self.stop_message: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "StopEarly"
+
+    def _should_skip_check(self, trainer: Any) -> bool:
+        return not self.enabled or super()._should_skip_check(trainer)
+
+    def _run_early_stopping_check(self, trainer: Any) -> None:
+        was_stopping = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        if trainer.should_stop and not was_stopping and self.stopping_reason_message:
+            best = float(self.best_score)
+            self.stop_message = (
+                f"stopped early after epoch {trainer.current_epoch}: {self.monitor} has not improved on {best:.4f}"
+                f" by more than {abs(self.min_delta):g} for {self.wait_count} validation run(s)"
+                f" (--early_stopping.patience {self.patience})"
+            )

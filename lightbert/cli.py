@@ -1,10 +1,10 @@
 """The ``lightbert`` command: a thin layer over the Python API.
 
 ``fit``, ``validate`` and ``test`` are LightningCLI subcommands (``lightbert.lightning_cli``); ``predict``,
-``export`` and ``inspect`` parse their options here and call ``lightbert.load``, ``write_predictions``, ``export`` and
-``inspect_model``. Every user error ends with exit code 2 and one line on stderr: ``error: <what is wrong> (<what
-to do>)``; a bug with exit code 1 and ``error: internal error ...``. Lightning is imported only by the training
-commands, so ``predict`` starts quickly.
+``evaluate``, ``serve``, ``export`` and ``inspect`` parse their options here and call ``lightbert.load``,
+``write_predictions``, ``evaluate_file``, ``serve``, ``export`` and ``inspect_model``. Every user error ends with
+exit code 2 and one line on stderr: ``error: <what is wrong> (<what to do>)``; a bug with exit code 1 and ``error:
+internal error ...``. Lightning is imported only by the training commands, so ``predict`` starts quickly.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags, positionals_first
 from lightbert.errors import LightbertError, Terminated, note, one_line
 
-USAGE = """usage: lightbert {fit,validate,test,predict,export,inspect} [options]
+USAGE = """usage: lightbert {fit,validate,test,predict,evaluate,serve,export,inspect} [options]
 
   fit        fine-tune a classifier (no options: the bundled MiniLM on a bundled SST-2 sample)
   validate   evaluate a checkpoint on the validation data (--ckpt_path)
   test       evaluate a checkpoint on --data.test (--ckpt_path)
   predict    label texts with a checkpoint or a Hugging Face model directory
+  evaluate   score a model on a labelled file: a report with numbers, figures and the worst errors
+  serve      serve a model over HTTP (batched), with a page to try it
   export     write a checkpoint as a Hugging Face directory that transformers.pipeline loads
   inspect    say what a checkpoint or model directory is and holds
 
@@ -187,6 +190,151 @@ def torch_has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def run_evaluate(args: list[str]) -> None:
+    from lightbert.classifier import check_threshold
+    from lightbert.evaluation import evaluate_file, write_report
+    from lightbert.loader import load
+    from lightbert.tables import check_data_file, count_rows
+
+    p = parser("evaluate", "Evaluate a model on a labelled file: numbers, confusion matrix, calibration, worst errors.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--input", type=str, required=True, help="labelled file: .csv, .tsv, .jsonl or .parquet")
+    p.add_argument(
+        "--text_column",
+        type=int | str | None,
+        default=None,
+        help="column with the text, by name or 0-based position (default: text/sentence/..., else the first)",
+    )
+    p.add_argument(
+        "--text_pair_column",
+        type=int | str | None,
+        default=None,
+        help="column with the second text, for models trained on pairs",
+    )
+    p.add_argument(
+        "--label_column",
+        type=int | str | None,
+        default=None,
+        help="column with the gold label (default: label/..., else the last); names or ids, lists or "
+        "delimited names for multi-label, numbers for regression",
+    )
+    p.add_argument(
+        "--label_delimiter",
+        type=str | None,
+        default=None,
+        help="multi-label: separator of several labels in one cell (default ',')",
+    )
+    p.add_argument(
+        "--header",
+        type=bool | None,
+        default=None,
+        help="whether a CSV/TSV file has a header row (detected when not given)",
+    )
+    p.add_argument(
+        "--output_dir",
+        type=str,
+        default="evaluation",
+        help="directory for report.json, report.md and the figures (written whole, or not at all)",
+    )
+    p.add_argument("--overwrite", type=bool, default=False, help="replace a non-empty --output_dir")
+    p.add_argument("--top_errors", type=int, default=10, help="how many of the worst errors the report lists")
+    p.add_argument(
+        "--threshold",
+        type=float | None,
+        default=None,
+        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
+    )
+    p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
+    p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
+    p.add_argument(
+        "--precision",
+        type=Literal["fp32", "bf16", "int8"],
+        default="fp32",
+        help="fp32 (exact), bf16 or int8 (see lightbert predict --help)",
+    )
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes on this machine that share the file (each predicts every N-th chunk; the first "
+        "writes the report)",
+    )
+    p.add_argument(
+        "--num_nodes",
+        type=int,
+        default=1,
+        help="machines running --devices processes each, started by torchrun or SLURM",
+    )
+    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    config = parse(p, args)
+    if config.threshold is not None:
+        check_threshold(config.threshold)
+    if config.batch_size < 1 or config.top_errors < 0 or config.devices < 1 or config.num_nodes < 1:
+        raise LightbertError(
+            "--batch_size, --devices and --num_nodes must be at least 1, --top_errors at least 0",
+            "e.g. --batch_size 64 --top_errors 10",
+        )
+    if config.label_delimiter == "":
+        raise LightbertError("--label_delimiter is empty", "pass what separates labels, e.g. --label_delimiter ,")
+    check_data_file(config.input)
+    out = Path(config.output_dir)
+    if (out.exists() and not out.is_dir()) or (out.is_dir() and any(out.iterdir()) and not config.overwrite):
+        raise LightbertError(f"output directory is not empty: {out}", "choose another --output_dir or pass --overwrite")
+    columns = (config.text_column, config.text_pair_column, config.label_column, config.label_delimiter, config.header)
+    if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
+        return evaluate_in_group(config, ["evaluate", *args], columns)
+    classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
+    from tqdm import tqdm
+
+    with tqdm(total=count_rows(config.input), unit="text", file=sys.stderr, disable=None, leave=False) as progress:
+        report = evaluate_file(classifier, config.input, *columns, config.batch_size, config.threshold,
+                               config.top_errors, progress)  # fmt: skip
+    write_report(report, out, config.overwrite)
+    print(report.summary())
+    print(f"report: {out / 'report.md'} (numbers in {out / 'report.json'})")
+
+
+def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, Any, Any, Any]) -> None:
+    """``lightbert evaluate`` shared by ``--devices x --num_nodes`` processes: they predict the file together
+    (``predict --devices``), then the first one tallies the predictions against the labels and writes the report."""
+    import tempfile
+
+    from lightbert.distributed import broadcast, group
+    from lightbert.evaluation import evaluate_predictions, write_report
+    from lightbert.loader import load
+    from lightbert.predict import write_predictions_in_group
+
+    with group(command, config.devices, config.num_nodes) as processes:
+        if config.devices > 1:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
+        classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
+        scratch = None
+        if processes.is_first:
+            scratch = tempfile.mkdtemp(prefix=".lightbert-evaluate-", dir=Path(config.output_dir).resolve().parent)
+            processes.cleanup.append(Path(scratch))
+        scratch = broadcast(processes, scratch)
+        predictions = Path(scratch) / "predictions.jsonl"
+        text_column, text_pair_column = columns[0], columns[1]
+        write_predictions_in_group(processes, classifier, config.input, predictions, text_column, text_pair_column,
+                                   config.batch_size, config.threshold or 0.5)  # fmt: skip
+        if processes.is_first:
+            try:
+                report = evaluate_predictions(
+                    classifier, config.input, predictions, *columns, threshold=config.threshold,
+                    top_errors=config.top_errors,
+                )  # fmt: skip
+                write_report(report, config.output_dir, config.overwrite)
+            finally:
+                import shutil
+
+                shutil.rmtree(scratch, ignore_errors=True)
+            print(report.summary())
+            print(f"report: {Path(config.output_dir) / 'report.md'} ({processes.world_size} processes)")
+
+
 def run_export(args: list[str]) -> None:
     from lightbert.export import export
 
@@ -205,6 +353,13 @@ def run_export(args: list[str]) -> None:
         help="replace a non-empty out_dir (only after the new export is verified)",
     )
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    p.add_argument(
+        "--report",
+        type=str | None,
+        default=None,
+        help="an evaluation report (report.json or its directory) whose numbers the model card quotes (default: the"
+        " newest one written for this model in the run's evaluation/ or ./evaluation/)",
+    )
     config = parse(p, args)
     result = export(
         config.model,
@@ -212,9 +367,12 @@ def run_export(args: list[str]) -> None:
         base=config.base,
         overwrite=config.overwrite,
         trust_checkpoint=config.trust_checkpoint,
+        report=config.report,
     )
     labels = ", ".join(result["labels"]) if result["labels"] else "regression"
     print(f"exported to {result['directory']}: {', '.join(result['files'])}")
+    if result["report"]:
+        print(f"model card: the evaluation on {result['report']}")
     print(
         f"labels: {labels}; verified: max logit difference {result['max_logit_difference']:.1e}"
         " after reloading with transformers"
@@ -233,6 +391,76 @@ def run_inspect(args: list[str]) -> None:
     print(json.dumps(info, indent=2, default=str) if config.json else format_inspection(info))
 
 
+def run_serve(args: list[str]) -> None:
+    from lightbert.serve import serve
+
+    p = parser(
+        "serve",
+        'Serve a model over HTTP (LitServe, dynamic batching): POST /predict {"text": ...} or {"texts": [...]},'
+        " GET /health, GET /info, and a page to try it at /. Stops on SIGTERM or Ctrl+C after answering the"
+        " requests in flight.",
+    )
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument(
+        "--host",
+        type=str,
+        default="127.0.0.1",
+        help="127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 interface: reachable from the network) or ::",
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port, 1024 to 65535")
+    p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
+    p.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=32,
+        help="most requests in one batch: a batch is every request waiting when the model is free (so batches grow"
+        " with the load), up to this many",
+    )
+    p.add_argument(
+        "--batch_timeout",
+        type=float,
+        default=0.01,
+        help="seconds a batch may wait for more requests after its first one, under load only (a lone request goes"
+        " at once); 0: never wait",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="inference processes, each with its own copy of the model (and the CPU cores shared among them)",
+    )
+    p.add_argument(
+        "--precision",
+        type=Literal["fp32", "bf16", "int8"],
+        default="fp32",
+        help="fp32 (exact), bf16 or int8 (see lightbert predict --help)",
+    )
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass (a batch's texts, all requests)")
+    p.add_argument(
+        "--threshold",
+        type=float | None,
+        default=None,
+        help="multi-label: probability from which a label is predicted (default 0.5)",
+    )
+    p.add_argument("--max_texts", type=int, default=256, help="most texts one request may send (more: 413)")
+    p.add_argument("--max_body_bytes", type=int, default=1_000_000, help="largest request body in bytes (larger: 413)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for a worker before it is answered 504",
+    )
+    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    config = parse(p, args)
+    serve(
+        config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,
+        batch_timeout=config.batch_timeout, workers=config.workers, precision=config.precision, device=config.device,
+        trust_checkpoint=config.trust_checkpoint, batch_size=config.batch_size, threshold=config.threshold,
+        max_texts=config.max_texts, max_body_bytes=config.max_body_bytes, timeout=config.timeout,
+    )  # fmt: skip
+
+
 def run_training(args: list[str]) -> None:
     from lightbert.lightning_cli import run
 
@@ -244,6 +472,8 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "validate": run_training,
     "test": run_training,
     "predict": run_predict,
+    "evaluate": run_evaluate,
+    "serve": run_serve,
     "export": run_export,
     "inspect": run_inspect,
 }

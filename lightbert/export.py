@@ -17,6 +17,7 @@ from lightbert import __version__
 from lightbert.bundled import DEFAULT_BASE_NAME
 from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
+from lightbert.evaluation import model_identity, read_report
 from lightbert.loader import load
 from lightbert.safety import staged_directory
 
@@ -47,8 +48,60 @@ def _base_model_name(classifier: Classifier) -> str:
     return str(getattr(classifier.model.config, "_name_or_path", "") or "unknown")
 
 
-def model_card(classifier: Classifier) -> str:
-    """A README.md for the exported directory: base model, labels, training data and config, metrics, versions."""
+METRIC_TYPES = {  # report metric -> the Hub's metric type and a display name
+    "accuracy": ("accuracy", "Accuracy"),
+    "f1_macro": ("f1", "F1 (macro)"),
+    "f1_weighted": ("f1", "F1 (weighted)"),
+    "f1_micro": ("f1", "F1 (micro)"),
+    "subset_accuracy": ("accuracy", "Subset accuracy"),
+    "log_loss": ("loss", "Log-loss"),
+    "ece": ("ece", "Expected calibration error"),
+    "mse": ("mse", "MSE"),
+    "mae": ("mae", "MAE"),
+    "pearson": ("pearsonr", "Pearson"),
+    "spearman": ("spearmanr", "Spearman"),
+}
+
+
+def find_report(source: str | Path, report: str | Path | None = None) -> dict[str, Any] | None:
+    """The evaluation report to quote in the model card: ``report`` if given, else the newest of the run
+    directory's ``evaluation/report.json`` (beside ``checkpoints/``) and ``./evaluation/report.json`` that was
+    written for this very model (its path, size and modification time)."""
+    if report is not None:
+        return read_report(report)
+    source = Path(source)
+    identity = model_identity(source)
+    candidates = [source.resolve().parent.parent / "evaluation", Path("evaluation")]
+    found = []
+    for candidate in candidates:
+        if (candidate / "report.json").is_file():
+            data = read_report(candidate)
+            model = data.get("model") or {}
+            if identity and all(model.get(key) == value for key, value in identity.items()):
+                found.append(((candidate / "report.json").stat().st_mtime_ns, data))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def model_index(name: str, report: dict[str, Any]) -> list[str]:
+    """The ``model-index`` metadata the Hub reads (YAML lines) for a report's headline numbers."""
+    dataset = Path(str((report.get("data") or {}).get("path", "evaluation data"))).name
+    results = {
+        "task": {"type": "text-classification", "name": "Text Classification"},
+        "dataset": {"name": dataset, "type": dataset},
+        "metrics": [
+            {"type": METRIC_TYPES.get(key, (key, key))[0], "value": round(float(value), 6),
+             "name": METRIC_TYPES.get(key, (key, key))[1]}
+            for key, value in report["metrics"].items()
+            if value is not None
+        ],
+    }  # fmt: skip
+    text = yaml.safe_dump({"model-index": [{"name": name, "results": [results]}]}, sort_keys=False)
+    return text.rstrip().splitlines()
+
+
+def model_card(classifier: Classifier, report: dict[str, Any] | None = None, name: str = "model") -> str:
+    """A README.md for the exported directory: base model, labels, training data and config, metrics (and an
+    evaluation report's, as ``model-index`` metadata), versions."""
     import lightning
     import transformers
 
@@ -59,6 +112,7 @@ def model_card(classifier: Classifier) -> str:
         "library_name: transformers",
         "pipeline_tag: text-classification",
         "tags:\n- lightbert\n- text-classification",
+        *(model_index(name, report) if report else []),
         "---",
         "",
         f"# {config.model_type} sequence classifier ({classifier.task.replace('_', '-')})",
@@ -101,6 +155,12 @@ def model_card(classifier: Classifier) -> str:
         lines += ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("Not recorded in the source checkpoint.")
+    if report:
+        rows = report.get("rows")
+        data = (report.get("data") or {}).get("path")
+        lines += ["", "## Evaluation", "", f"`lightbert evaluate` on `{Path(str(data)).name}` ({rows} rows):", ""]
+        lines += ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in report["metrics"].items() if v is not None]
     versions = info.versions
     lines += [
         "",
@@ -143,6 +203,7 @@ def export(
     overwrite: bool = False,
     tolerance: float = 1e-5,
     trust_checkpoint: bool = False,
+    report: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write ``source`` (a lightbert checkpoint, a recipe checkpoint with ``base``, or an HF directory) to ``out_dir``
     as model.safetensors, config.json (id2label, label2id, problem_type), tokenizer files and a model card, verified
@@ -155,13 +216,14 @@ def export(
         raise LightbertError(
             f"output directory is not empty: {out_dir}", "choose another directory or pass --overwrite"
         )
+    evaluation = find_report(source, report)
     classifier = load(source, base, trust_checkpoint=trust_checkpoint)
     with staged_directory(out_dir, overwrite) as staging:
         # pipeline(truncation=True) then cuts where lightbert predict cuts
         classifier.tokenizer.model_max_length = classifier.max_length
         classifier.model.save_pretrained(str(staging))
         classifier.tokenizer.save_pretrained(str(staging))
-        (staging / "README.md").write_text(model_card(classifier), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(classifier, evaluation, out_dir.name), encoding="utf-8")
         difference = verify_export(staging, classifier, tolerance)
     return {
         "directory": str(out_dir),
@@ -169,4 +231,5 @@ def export(
         "max_logit_difference": difference,
         "labels": classifier.labels,
         "task": classifier.task,
+        "report": (evaluation or {}).get("data", {}).get("path") if evaluation else None,
     }

@@ -93,11 +93,14 @@ class LabelEncoder:
     floats. ``labels`` are the label names in output order (None for regression).
     """
 
-    def __init__(self, task: str, labels: list[str] | None = None, delimiter: str | None = None) -> None:
+    def __init__(
+        self, task: str, labels: list[str] | None = None, delimiter: str | None = None, accept_ids: bool = False
+    ) -> None:
         check_task(task)
         self.task = task
         self.labels = list(labels) if labels is not None and task != "regression" else None
         self.delimiter = delimiter
+        self.accept_ids = accept_ids  # a label that is no name but a whole number below the label count: that id
 
     @classmethod
     def fit(
@@ -139,9 +142,15 @@ class LabelEncoder:
                 "fix the labels, or train with data that has them",
             )
 
-    def _split(self, raw: Sequence[Any], source: str) -> list[list[str]]:
+    def _name_of(self, name: str) -> str:
+        labels = self.labels or []
+        if name not in labels and _is_integer_name(name) and 0 <= int(name) < len(labels):
+            return labels[int(name)]
+        return name
+
+    def _split(self, raw: Sequence[Any], source: str, first_row: int = 1) -> list[list[str]]:
         rows: list[list[str]] = []
-        for row, value in enumerate(raw):
+        for row, value in enumerate(raw, first_row - 1):
             if self.task == "multi_label" and isinstance(value, str) and not value.strip():
                 rows.append([])  # no label applies
                 continue
@@ -161,11 +170,12 @@ class LabelEncoder:
                 rows.append([label_name(value)])
         return rows
 
-    def encode(self, raw: Sequence[Any], source: str) -> torch.Tensor:
-        """Targets for ``raw`` labels; raises if a label is unknown or a regression target is not a finite number."""
+    def encode(self, raw: Sequence[Any], source: str, first_row: int = 1) -> torch.Tensor:
+        """Targets for ``raw`` labels (row ``first_row`` of the file first); raises if a label is unknown or a
+        regression target is not a finite number."""
         if self.task == "regression":
             values = []
-            for row, value in enumerate(raw):
+            for row, value in enumerate(raw, first_row - 1):
                 number = _as_number(value)
                 if number is None or not math.isfinite(number):
                     raise LightbertError(
@@ -174,7 +184,9 @@ class LabelEncoder:
                     )
                 values.append(number)
             return torch.tensor(values, dtype=torch.float32)
-        rows = self._split(raw, source)
+        rows = self._split(raw, source, first_row)
+        if self.accept_ids:
+            rows = [[self._name_of(name) for name in row] for row in rows]
         self.check_known({name for row in rows for name in row}, source)
         index = {name: i for i, name in enumerate(self.labels or [])}
         if self.task == "single_label":

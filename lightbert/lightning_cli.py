@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
-from lightbert.callbacks import Checkpointing
+from lightbert.callbacks import Checkpointing, StopEarly
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError, Terminated, one_line
 from lightbert.model import SequenceClassifier, logged_metrics, not_resumable
@@ -125,6 +125,7 @@ class LightbertCLI(LightningCLI):
                     "checkpoint.auto_insert_metric_name": False,
                 }
             )
+            parser.add_lightning_class_args(StopEarly, "early_stopping")
         # The tokenizer comes from the model fine-tuning starts from (for a recipe checkpoint, its directory).
         parser.link_arguments(("model.base", "model.recipe_base"), "data.tokenizer", compute_fn=tokenizer_source)
         parser.add_argument(
@@ -133,6 +134,14 @@ class LightbertCLI(LightningCLI):
             default=False,
             help="Unpickle --ckpt_path fully. Only for a checkpoint you made yourself: a pickle can run any code.",
         )
+        if getattr(self, "_preparing", "fit") in ("fit", "test"):
+            parser.add_argument(
+                "--evaluation_dir",
+                type=str | None,
+                default=None,
+                help="Write lightbert evaluate's report (report.json, report.md, figures) on --data.test here: for"
+                " test, of the checkpoint; for fit, of the best checkpoint at the end.",
+            )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if args and args[0] in self._subcommand_parsers:  # boolean options read as flags too
@@ -160,6 +169,7 @@ class LightbertCLI(LightningCLI):
         self.datamodule.setup(self.subcommand)
         self.model.preflight(self.datamodule, checkpoint)
         self._check_monitor()
+        self._check_evaluation_dir()
         trainer_config = self._get(self.config_init, "trainer", default={})
         if self.subcommand == "fit":
             root = trainer_config.get("default_root_dir") or "runs"
@@ -170,16 +180,42 @@ class LightbertCLI(LightningCLI):
         with lightning_errors_as_ours(str(self.subcommand)):
             self.trainer = self.instantiate_trainer()
 
+    def _check_evaluation_dir(self) -> None:
+        directory = self._get(self.config, "evaluation_dir", default=None)
+        if not directory:
+            return
+        if self.datamodule.test_path is None:
+            raise LightbertError("--evaluation_dir reports on the test data", "give --data.test FILE")
+        path = Path(directory)
+        if (path.exists() and not path.is_dir()) or (path.is_dir() and any(path.iterdir())):
+            raise LightbertError(f"--evaluation_dir {path} is not empty", "choose a new directory for the report")
+
+    def _write_evaluation(self, classifier: Any) -> None:
+        """``lightbert evaluate``'s report of ``classifier`` on the test data, into ``--evaluation_dir``."""
+        from lightbert.evaluation import evaluate_file, write_report
+
+        directory = self._get(self.config, "evaluation_dir", default=None)
+        if not directory or not self.trainer.is_global_zero:
+            return
+        data = self.datamodule
+        report = evaluate_file(
+            classifier, data.test_path, data.text_column, data.text_pair_column, data.label_column,
+            data.label_delimiter, data.header, data.eval_batch_size,
+        )  # fmt: skip
+        write_report(report, directory)
+        print(report.summary())
+        print(f"report: {Path(directory) / 'report.md'}")
+
     def _check_monitor(self) -> None:
         if self.subcommand != "fit":
             return
-        monitor = self._get(self.config, "checkpoint.monitor")
         names = logged_metrics(self.model.task)
-        if monitor is not None and monitor not in names:
-            raise LightbertError(
-                f"--checkpoint.monitor {monitor} is not a metric this run logs ({', '.join(names)})",
-                "pass one of them",
-            )
+        for option in ("checkpoint.monitor", "early_stopping.monitor"):
+            monitor = self._get(self.config, option)
+            if monitor is not None and monitor not in names:
+                raise LightbertError(
+                    f"--{option} {monitor} is not a metric this run logs ({', '.join(names)})", "pass one of them"
+                )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":
@@ -248,10 +284,18 @@ class LightbertCLI(LightningCLI):
             )
             return
         print(summarize_metrics(trainer.callback_metrics, "val_"))
+        for stopper in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(stopper, StopEarly) and stopper.stop_message:
+                print(stopper.stop_message)
         callback: Any = trainer.checkpoint_callback
         if callback is not None:
             print(f"best checkpoint: {callback.best_model_path or '(none)'}")
             print(f"last checkpoint: {callback.last_model_path or '(none)'}")
+            chosen = callback.best_model_path or callback.last_model_path
+            if chosen and self._get(self.config, "evaluation_dir", default=None):
+                from lightbert.loader import load
+
+                self._write_evaluation(load(chosen))
 
     def after_validate(self) -> None:
         if self.trainer.is_global_zero:
@@ -260,6 +304,8 @@ class LightbertCLI(LightningCLI):
     def after_test(self) -> None:
         if self.trainer.is_global_zero:
             print(summarize_metrics(self.trainer.callback_metrics, "test_"))
+            if self._get(self.config, "evaluation_dir", default=None):
+                self._write_evaluation(self.model.classifier())
 
 
 class _DropAdvertising(logging.Filter):

@@ -29,6 +29,7 @@ from lightbert.checkpoint import (
     tokenizer_files,
     tokenizer_from_files,
 )
+from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
 from lightbert.fastpath import (
     use_cpu_dropout,
@@ -44,7 +45,7 @@ from lightbert.loader import (
     recipe_adamw_state,
     starting_point,
 )
-from lightbert.sources import KIND_NAMES, ModelSource, identify
+from lightbert.sources import KIND_NAMES, ModelInfo, ModelSource, identify
 
 
 def build_metrics(task: str, num_labels: int) -> torchmetrics.MetricCollection:
@@ -288,6 +289,12 @@ class SequenceClassifier(pl.LightningModule):
                 f" {self.task} {self.labels or ''}".rstrip(),
                 f"resume with the data it was trained on, or fine-tune from it with --model.base {path}",
             )
+
+    def classifier(self) -> Classifier:
+        """This module's model as a ``Classifier`` (predicting, evaluating), sharing its weights."""
+        info = ModelInfo(kind="lightbert", path="(in memory)", data=dict(self.data_settings))
+        max_length = int(self.data_settings.get("max_length") or 512)
+        return Classifier(self.model, self.tokenizer, max_length, info)
 
     def _finish_build(self) -> None:
         assert self.model is not None and self.task is not None

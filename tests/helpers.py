@@ -348,3 +348,118 @@ def assert_one_error_line(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.err
     for fragment in fragments:
         assert fragment in line, line
+
+
+# -- servers ----------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+
+
+def http(url: str, payload: Any = None, raw: bytes | None = None, timeout: float = 60) -> Answer:
+    """GET ``url``, or POST ``payload`` as JSON (or ``raw`` bytes); the status and the decoded JSON (or text)."""
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            status, content = answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        status, content = err.code, err.read()
+    try:
+        return Answer(status, json.loads(content))
+    except ValueError:
+        return Answer(status, content.decode())
+
+
+class ServerProcess:
+    """``lightbert serve MODEL ARGS`` as a real process on a free port of 127.0.0.1, in its own process group
+    (as a terminal's job); ``url`` once it says it is ready. Killed on exit if a test left it running."""
+
+    def __init__(self, model: Path, *args: Any, ready_timeout: float = 180) -> None:
+        import threading
+        import time
+
+        self.port = free_port()
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # The free port last: it overrides a --port in ``args`` (as in the README's command).
+        command = [sys.executable, "-m", "lightbert.cli", "serve", str(model), *map(str, args), f"--port={self.port}"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out: list[str] = []
+        self.err_lines: list[str] = []
+        ready = threading.Event()
+
+        def read(stream: Any, lines: list[str]) -> None:
+            for line in stream:
+                lines.append(line)
+                if line.startswith("serving "):
+                    ready.set()
+
+        self.readers = [
+            threading.Thread(target=read, args=(self.process.stdout, self.out), daemon=True),
+            threading.Thread(target=read, args=(self.process.stderr, self.err_lines), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+        deadline = time.monotonic() + ready_timeout
+        while not ready.wait(0.1):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"the server did not start: {self.err[-3000:]}")
+
+    @property
+    def err(self) -> str:
+        return "".join(self.err_lines)
+
+    def post(self, payload: Any = None, raw: bytes | None = None) -> Answer:
+        return http(f"{self.url}/predict", payload, raw)
+
+    def get(self, path: str) -> Answer:
+        return http(f"{self.url}{path}")
+
+    def stop(self, signum: int | None = None, group: bool = False, timeout: float = 60) -> int:
+        """Send ``signum`` (SIGTERM by default) to the server, or to its whole process group as Ctrl+C does; its
+        exit code."""
+        import signal
+
+        signum = signal.SIGTERM if signum is None else signum
+        if group:
+            os.killpg(self.process.pid, signum)
+        else:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for reader in self.readers:
+            reader.join(timeout=10)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process.poll() is None:
+            self.kill()

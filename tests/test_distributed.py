@@ -263,3 +263,16 @@ def test_a_prediction_process_that_dies_fails_the_command_in_one_line_and_writes
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "a process of the group" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]  # no output, no shards
+
+
+def test_evaluating_on_two_processes_gives_the_one_process_report(trained_checkpoint, tmp_path):
+    rows = [(t, ["negative", "positive"][int(y)]) for t, y in sentiment_rows(9000, seed=6)]
+    path = write_csv(tmp_path / "labelled.csv", ["text", "label"], rows)
+    assert run_cli("evaluate", trained_checkpoint, "--input", path, "--output_dir", tmp_path / "one").code == 0
+    result = run_process("evaluate", trained_checkpoint, "--input", path, "--output_dir", tmp_path / "two",
+                         "--devices", "2")  # fmt: skip
+    assert result.code == 0, result.err[-2000:]
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert two["metrics"] == one["metrics"] and two["confusion_matrix"] == one["confusion_matrix"]
+    assert two["worst_errors"] == one["worst_errors"] and two["rows"] == 9000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled.csv", "one", "two"]  # no scratch files left

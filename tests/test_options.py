@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli, sentiment_rows, train_checkpoint, write_csv, write_jsonl
+from helpers import ServerProcess, run_cli, sentiment_rows, train_checkpoint, write_csv, write_jsonl
 
 from lightbert.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("fit", "validate", "test", "predict", "export", "inspect")
+COMMANDS = ("fit", "validate", "test", "predict", "evaluate", "serve", "export", "inspect")
 README_TRAINER_OPTIONS = set(re.findall(r"--trainer\.\w+", (ROOT / "README.md").read_text()))
 
 
@@ -63,7 +63,10 @@ def files(tmp_path_factory, tiny_bert, trained_checkpoint, recipe_checkpoint):
         yaml.safe_dump({"seed_everything": 5, "data": {"validation": str(tmp / "val.csv")}})
     )
     (tmp / "a-file").write_text("not a directory")
+    report = run_cli("evaluate", trained_checkpoint, f"--input={tmp / 'test.csv'}", f"--output_dir={tmp / 'report'}")
+    assert report.code == 0, report.err
     return {
+        "report": tmp / "report",
         "tmp": tmp,
         "base": tiny_bert,
         "ckpt": trained_checkpoint,
@@ -82,6 +85,7 @@ VALID_RUNS: dict[str, list[list[str]]] = {
             "--model.base={base}",
             *DATA,
             "--data.test={test}",
+            "--evaluation_dir={run}/evaluation",
             "--model.learning_rate=0.001",
             "--model.weight_decay=0.0",
             "--model.warmup_ratio=0.2",
@@ -249,8 +253,55 @@ VALID_RUNS: dict[str, list[list[str]]] = {
         ["{pair_ckpt}", "--input={pairs}", "--text_column=0", "--text_pair_column=1"],
         ["{recipe}", "--base={base}", "a good film", "--precision=int8"],
     ],
+    "evaluate": [
+        [
+            "{ckpt}",
+            "--input={test}",
+            "--text_column=text",
+            "--label_column=label",
+            "--header=true",
+            "--output_dir={run}",
+            "--overwrite",
+            "--top_errors=3",
+            "--threshold=0.5",
+            "--batch_size=4",
+            "--precision=fp32",
+            "--device=cpu",
+            "--devices=1",
+            "--num_nodes=1",
+            "--trust_checkpoint=false",
+        ],
+        [
+            "{pair_ckpt}",
+            "--input={pairs}",
+            "--header=false",
+            "--text_column=0",
+            "--text_pair_column=1",
+            "--label_column=2",
+            "--output_dir={run}",
+        ],
+        ["{recipe}", "--base={base}", "--input={three}", "--output_dir={run}", "--label_delimiter=;"],
+    ],
+    "serve": [  # each starts a real server, answers one request and stops (test_valid_values_run)
+        [
+            "{ckpt}",
+            "--host=127.0.0.1",
+            "--max_batch_size=4",
+            "--batch_timeout=0.005",
+            "--workers=1",
+            "--precision=fp32",
+            "--device=cpu",
+            "--batch_size=8",
+            "--threshold=0.5",
+            "--max_texts=10",
+            "--max_body_bytes=4096",
+            "--timeout=5",
+            "--trust_checkpoint=false",
+        ],
+        ["{recipe}", "--base={base}", "--precision=int8"],
+    ],
     "export": [
-        ["{ckpt}", "{run}", "--overwrite", "--trust_checkpoint=false"],
+        ["{ckpt}", "{run}", "--overwrite", "--trust_checkpoint=false", "--report={report}"],
         ["{recipe}", "{run}", "--base={base}"],
     ],
     "inspect": [["{ckpt}", "--json", "--trust_checkpoint=false"]],
@@ -260,6 +311,7 @@ VALID_RUNS["test"] = [
 ]
 VALID_RUNS["test"][1] = [a.replace("--data.validation", "--data.test") for a in VALID_RUNS["test"][1]]
 VALID_RUNS["test"][2] = [*VALID_RUNS["test"][2], "--data.test={test}"]
+VALID_RUNS["test"][0] = [*VALID_RUNS["test"][0], "--evaluation_dir={run}/evaluation"]
 
 # Options that take any value of their type, so no value is bad (and why).
 ANY_VALUE = {
@@ -341,6 +393,23 @@ BAD_VALUES: dict[str, list[str]] = {
     "--device": ["gpu", "cuda:99"],
     "--overwrite": ["maybe"],
     "--json": ["maybe"],
+    # evaluate, and the report of fit and test
+    "--label_column": ["stars"],
+    "--label_delimiter": [""],
+    "--header": ["maybe"],
+    "--output_dir": ["{a_file}"],
+    "--top_errors": ["-1"],
+    "--evaluation_dir": ["{a_file}"],
+    "--report": ["/no/such/report.json"],
+    # serve
+    "--host": ["example.com"],
+    "--port": ["80", "http"],
+    "--max_batch_size": ["0"],
+    "--batch_timeout": ["-1"],
+    "--workers": ["0"],
+    "--max_texts": ["0"],
+    "--max_body_bytes": ["10"],
+    "--timeout": ["0"],
 }
 
 VALID_BASE = {  # the rest of a run that a bad value is added to
@@ -348,11 +417,16 @@ VALID_BASE = {  # the rest of a run that a bad value is added to
     "validate": ["--ckpt_path={ckpt}", "--data.validation={val}", "--trainer.default_root_dir={run}"],
     "test": ["--ckpt_path={ckpt}", "--data.test={test}", "--trainer.default_root_dir={run}"],
     "predict": ["{ckpt}", "a good film"],
+    "evaluate": ["{ckpt}", "--input={test}", "--output_dir={run}"],
+    "serve": ["{ckpt}"],
     "export": ["{ckpt}", "{run}"],
     "inspect": ["{ckpt}"],
 }
 # The one case whose bad value needs another valid rest: a pair column for a model trained on pairs.
-SPECIAL_BASE = {("predict", "--text_pair_column"): ["{pair_ckpt}", "--input={pairs}", "--text_column=0"]}
+SPECIAL_BASE = {
+    ("predict", "--text_pair_column"): ["{pair_ckpt}", "--input={pairs}", "--text_column=0"],
+    ("evaluate", "--text_pair_column"): ["{pair_ckpt}", "--input={pairs}", "--text_column=0", "--output_dir={run}"],
+}
 
 
 def fill(args: list[str], files: dict, run: Path) -> list[str]:
@@ -362,6 +436,8 @@ def fill(args: list[str], files: dict, run: Path) -> list[str]:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_in_help_has_a_run_with_a_valid_value(command):
     covered = set().union(*(options_in(run) for run in VALID_RUNS[command]))
+    if command == "serve":
+        covered.add("--port")  # ServerProcess passes a free one
     missing = help_options(command) - covered
     assert not missing, f"options of lightbert {command} without a valid case: {sorted(missing)}"
 
@@ -382,6 +458,11 @@ def test_valid_values_run(command, index, files, tmp_path):
             main([command, *args])
         assert done.value.code in (0, None)
         return
+    if command == "serve":
+        with ServerProcess(*args) as server:
+            assert server.post({"text": "a good film"}).status == 200
+            assert server.stop() == 0, server.err
+        return
     result = run_cli(command, *args)
     assert result.code == 0, result.err[-2000:]
 
@@ -394,7 +475,13 @@ def bad_cases():
 
 
 @pytest.mark.parametrize(("command", "option", "value"), list(bad_cases()))
-def test_a_bad_value_ends_with_one_error_line_before_any_work(command, option, value, files, tmp_path):
+def test_a_bad_value_ends_with_one_error_line_before_any_work(command, option, value, files, tmp_path, monkeypatch):
+    from lightbert.serve import Server
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(Server, "run", started)  # a bad value that got through would serve forever
     run = tmp_path / "run"
     rest = SPECIAL_BASE.get((command, option), VALID_BASE[command])
     args = [*fill(rest, files, run), f"{option}={value.format(**files)}"]

@@ -12,7 +12,17 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers import commands, copy_directory, run_cli, run_process, sentiment_rows, train_recipe, write_csv, write_jsonl
+from helpers import (
+    ServerProcess,
+    commands,
+    copy_directory,
+    run_cli,
+    run_process,
+    sentiment_rows,
+    train_recipe,
+    write_csv,
+    write_jsonl,
+)
 
 from lightbert.cli import main
 
@@ -87,7 +97,12 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
         if not command.startswith("lightbert "):
             continue
         args, redirect = with_stand_ins(command, tiny_bert)
-        if redirect:
+        if args[0] == "serve":  # a real server on a free port, asked what the README's curl asks, then stopped
+            with ServerProcess(*args[1:]) as server:
+                answer = server.post({"texts": ["a gorgeous, witty film", "dull and lifeless"]})
+                assert answer.status == 200 and len(answer.body["predictions"]) == 2, answer
+                assert server.stop() == 0, server.err
+        elif redirect:
             out = io.StringIO()
             with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
                 main(args)
@@ -98,7 +113,7 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
             result = run_process(*args) if several_processes(args) else run_cli(*args)
             assert result.code == 0, f"{command}\n{result.err[-2000:]}"
         ran.append(args[0])
-    assert {"fit", "predict", "test", "export", "inspect"} <= set(ran)
+    assert {"fit", "predict", "evaluate", "serve", "test", "export", "inspect"} <= set(ran)
     assert (scratch / "my-model" / "model.safetensors").is_file()
     assert len((scratch / "predictions.jsonl").read_text().splitlines()) == 5
 

@@ -1,0 +1,533 @@
+"""``lightbert serve``: one model behind HTTP on LitServe, with dynamic batching, checked requests and a page to try it.
+
+The processes: the main one checks the options and loads the model once (a model that cannot load stops here, before
+the port is bound); LitServe then starts the inference worker(s) (``ClassifierAPI``, each loading the model and
+answering a warm-up before ``/health`` says ready) and the HTTP server(s). Requests are checked in the HTTP server
+(``RequestChecks``) before they can join a batch: LitServe fails every request of a batch when one of them raises,
+so a bad request must never get that far. SIGTERM and Ctrl+C stop the HTTP servers first (no new connections, the
+requests in flight answered), then the workers.
+"""
+
+# No ``from __future__ import annotations`` here: LitServe reads decode_request's and encode_response's annotations
+# as objects to build its FastAPI route.
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import litserve
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lightbert.errors import LightbertError
+
+HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "0.0.0.0": "0.0.0.0", "::": "::"}
+PAGE = Path(__file__).parent / "resources" / "serve" / "index.html"
+WARM_UP_TEXTS = ["a warm-up text, so that the first request is as fast as the rest", "short"]
+STOP_GRACE_SECONDS = 10.0  # how long requests in flight get to finish after SIGTERM
+ARRIVAL_GAP = 0.002  # seconds: under load, a batch keeps taking requests that arrive within this of each other
+
+
+class BadRequest(Exception):
+    """A request the server answers with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class TextsRequest:
+    """A checked request: its texts, their second texts (or None) and whether it asked for one text (``"text"``)."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    single: bool
+
+
+def parse_request(payload: Any, paired: bool, max_texts: int) -> TextsRequest:
+    """Check a decoded JSON body: ``{"text": str}`` or ``{"texts": [str, ...]}``, with ``"text_pair"`` /
+    ``"text_pairs"`` for models trained on pairs (required there). Raises ``BadRequest`` saying what is wrong."""
+    if not isinstance(payload, dict):
+        raise BadRequest('the body must be a JSON object: {"text": "..."} or {"texts": ["...", ...]}')
+    unknown = sorted(set(payload) - {"text", "texts", "text_pair", "text_pairs"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}: give text or texts (and text_pair or text_pairs)")
+    if ("text" in payload) == ("texts" in payload):
+        raise BadRequest('give either "text" (one string) or "texts" (a list of strings)')
+    if "text" in payload:
+        if "text_pairs" in payload:
+            raise BadRequest('"text_pairs" goes with "texts"; with "text" give "text_pair"')
+        texts = [_string(payload["text"], "text")]
+        pairs = [_string(payload["text_pair"], "text_pair")] if "text_pair" in payload else None
+    else:
+        if "text_pair" in payload:
+            raise BadRequest('"text_pair" goes with "text"; with "texts" give "text_pairs"')
+        texts = _strings(payload["texts"], "texts", max_texts)
+        pairs = _strings(payload["text_pairs"], "text_pairs", max_texts) if "text_pairs" in payload else None
+        if pairs is not None and len(pairs) != len(texts):
+            raise BadRequest(f"{len(texts)} texts but {len(pairs)} text_pairs: give one second text per text")
+    if paired and pairs is None:
+        raise BadRequest(
+            'this model was trained on text pairs: give "text_pair" with "text" (or "text_pairs" with "texts")'
+        )
+    return TextsRequest(texts, pairs, single="text" in payload)
+
+
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f'"{field}" must be a string, not {_json_type(value)}')
+    return value
+
+
+def _strings(value: Any, field: str, max_texts: int) -> list[str]:
+    if not isinstance(value, list):
+        raise BadRequest(f'"{field}" must be a list of strings, not {_json_type(value)}')
+    if not value:
+        raise BadRequest(f'"{field}" is empty: give at least one string')
+    if len(value) > max_texts:
+        raise BadRequest(f"{len(value)} {field} in one request; at most {max_texts} (split the request)", 413)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise BadRequest(f"{field}[{i}] must be a string, not {_json_type(item)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+class RequestChecks:
+    """ASGI middleware in the HTTP server: reads ``POST /predict`` bodies up to ``max_body_bytes``, checks them with
+    ``parse_request`` and answers a bad one itself (4xx, ``{"error": ...}``), so it never reaches a batch."""
+
+    def __init__(self, app: Any, *, path: str, paired: bool, max_texts: int, max_body_bytes: int) -> None:
+        self.app = app
+        self.path = path
+        self.paired = paired
+        self.max_texts = max_texts
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"the body is over {self.max_body_bytes} bytes (send fewer or shorter texts per request)"
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await send_error(send, 413, too_large)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await send_error(send, 413, too_large)
+                return
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            await send_error(send, 400, f"the body is not valid JSON ({err})")
+            return
+        try:
+            parse_request(payload, self.paired, self.max_texts)
+        except BadRequest as err:
+            await send_error(send, err.status, err.message)
+            return
+        # LitServe reads a form-encoded body as a form: say it is JSON, as it was checked to be.
+        scope = dict(scope)
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            message: dict[str, Any] = await receive()
+            return message
+
+        await self.app(scope, replay, send)
+
+
+async def send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class ServeSettings:
+    """What the inference workers need to load and run the model (pickled into each worker process)."""
+
+    model: str
+    base: str | None
+    trust_checkpoint: bool
+    device: str
+    precision: str
+    batch_size: int
+    threshold: float | None
+    max_texts: int
+    threads: int
+
+
+class QueueDrainingLoop(BatchedLoop):
+    """LitServe's batched loop with another way of making batches: wait for a request, take every request already
+    waiting (up to ``max_batch_size``) and, under load only, keep taking requests while they keep coming (each
+    within ``ARRIVAL_GAP`` of the last), up to ``batch_timeout`` after the first.
+
+    LitServe's own loop waits ``batch_timeout`` whatever the load, so a lone request always pays it. Here a lone
+    request (the previous batch was one request too) goes at once, and under load the time a batch takes to run is
+    what gathers the next one; the short wait merges the clients answered by the last batch, who send again within
+    a few milliseconds, with those already waiting, rather than leaving them to a batch of their own."""
+
+    previous_batch = 0
+
+    def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list[Any], list[Any]]:
+        batch: list[Any] = []
+        timed_out: list[Any] = []
+
+        def take(item: Any) -> None:
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            response_queue_id, uid, timestamp, payload = item
+            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
+            waited_too_long = time.monotonic() - timestamp > lit_api.request_timeout
+            if lit_api.request_timeout not in (-1, False) and waited_too_long:
+                timed_out.append((response_queue_id, uid))
+            else:
+                batch.append((response_queue_id, uid, payload))
+
+        try:
+            take(request_queue.get(timeout=1.0))
+        except Empty:
+            return batch, timed_out
+        deadline = time.monotonic() + lit_api.batch_timeout
+        under_load = self.previous_batch > 1
+        while len(batch) < lit_api.max_batch_size:
+            try:
+                take(request_queue.get_nowait())
+                continue
+            except Empty:
+                pass
+            wait = min(ARRIVAL_GAP, deadline - time.monotonic())
+            if not under_load or wait <= 0:
+                break
+            try:
+                take(request_queue.get(timeout=wait))
+            except Empty:
+                break
+        self.previous_batch = len(batch)
+        return batch, timed_out
+
+
+class ClassifierAPI(litserve.LitAPI):
+    """LitServe's ``LitAPI`` for a lightbert classifier: a batch of requests becomes one ``Classifier.infer`` over
+    all their texts (sorted by length, padded per forward pass), split back into one answer per request."""
+
+    def __init__(self, settings: ServeSettings, paired: bool, max_batch_size: int, batch_timeout: float) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=QueueDrainingLoop())
+        self.settings = settings
+        self.paired = paired
+        self.classifier: Any = None
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from lightbert.loader import load
+
+        # Ctrl+C reaches every process of the terminal's group: the main process stops the server in order, and
+        # this worker must keep answering the requests in flight until then.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(self.settings.threads)
+        s = self.settings
+        self.classifier = load(s.model, s.base, s.trust_checkpoint, s.device, s.precision)
+        pairs = list(reversed(WARM_UP_TEXTS)) if self.paired else None
+        self.classifier.predict(WARM_UP_TEXTS, pairs)  # /health says ready only after the model has answered
+
+    def decode_request(self, request: Request) -> TextsRequest | BadRequest:
+        # LitServe passes the JSON body (a dict) when the annotation is ``Request``.
+        try:
+            return parse_request(request, self.paired, self.settings.max_texts)
+        except BadRequest as err:  # checked already by RequestChecks; raising here would fail the whole batch
+            return err
+
+    def batch(self, inputs: list[Any]) -> list[Any]:
+        return list(inputs)
+
+    def predict(self, requests: list[TextsRequest | BadRequest]) -> list[Any]:
+        answers: list[Any] = list(requests)
+        for with_pairs in (False, True):  # texts with and without second texts run apart
+            group = [
+                i for i, r in enumerate(requests) if isinstance(r, TextsRequest) and (r.pairs is not None) == with_pairs
+            ]
+            if not group:
+                continue
+            texts = [t for i in group for t in requests[i].texts]  # type: ignore[union-attr]
+            pairs = [p for i in group for p in requests[i].pairs] if with_pairs else None  # type: ignore[union-attr]
+            inference = self.classifier.infer(texts, pairs, self.settings.batch_size)
+            threshold = self.settings.threshold
+            records = self.classifier.records(inference.logits, 0.5 if threshold is None else threshold,
+                                              inference.truncated)  # fmt: skip
+            start = 0
+            for i in group:
+                request = requests[i]
+                assert isinstance(request, TextsRequest)
+                answers[i] = (request, records[start : start + len(request.texts)])
+                start += len(request.texts)
+        return answers
+
+    def unbatch(self, output: list[Any]) -> list[Any]:
+        return output
+
+    def encode_response(self, output: Any) -> Response:
+        if isinstance(output, BadRequest):
+            status, content = output.status, {"error": output.message}
+        else:
+            request, records = output
+            status, content = 200, records[0] if request.single else {"predictions": records}
+        return Response(json.dumps(content), status_code=status, media_type="application/json")
+
+
+def check_options(
+    host: str, port: int, max_batch_size: int, batch_timeout: float, workers: int, batch_size: int, max_texts: int,
+    max_body_bytes: int, timeout: float,
+) -> str:  # fmt: skip
+    """Check the server options; returns the address to bind."""
+    if host not in HOSTS:
+        raise LightbertError(
+            f"cannot bind host {host!r}", "use 127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 interface) or ::"
+        )
+    if not 1024 <= port <= 65535:
+        raise LightbertError(f"port must be from 1024 to 65535, not {port}", "pass --port 8000")
+    for name, value in (("max_batch_size", max_batch_size), ("workers", workers), ("batch_size", batch_size),
+                        ("max_texts", max_texts)):  # fmt: skip
+        if value < 1:
+            raise LightbertError(f"--{name} must be at least 1, not {value}", f"pass --{name} 1 or more")
+    if batch_timeout < 0:
+        raise LightbertError(f"--batch_timeout must be 0 or more seconds, not {batch_timeout}", "pass 0.01")
+    if max_body_bytes < 1024:
+        raise LightbertError(f"--max_body_bytes must be at least 1024, not {max_body_bytes}", "pass 1000000")
+    if timeout <= 0:
+        raise LightbertError(f"--timeout must be more than 0 seconds, not {timeout}", "pass --timeout 30")
+    return HOSTS[host]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail with one line now, not with a traceback from the server later, when another process has the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise LightbertError(
+                f"cannot listen on {host}:{port}: {err.strerror}", "pass another --port, or stop what uses it"
+            ) from None
+
+
+def display_name(model: str) -> str:
+    """The model's name for people (not its full path, which the server need not reveal): the directory or file
+    name, with the run's name for a checkpoint in a run's ``checkpoints/``."""
+    path = Path(model)
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name or str(model)
+
+
+def model_metadata(classifier: Any, model: str, device: str, precision: str, threshold: float | None) -> dict[str, Any]:
+    """What ``GET /info`` says of the model."""
+    import litserve
+    import torch
+    import transformers
+
+    from lightbert import __version__
+    from lightbert.devices import resolve_device
+
+    return {
+        "name": display_name(model),
+        "kind": classifier.info.kind,
+        "task": classifier.task,
+        "labels": classifier.labels,
+        "paired": classifier.paired,
+        "max_length": classifier.max_length,
+        "precision": precision,
+        "device": str(resolve_device(device, precision)),
+        "threshold": threshold if threshold is not None else (0.5 if classifier.task == "multi_label" else None),
+        "architecture": (classifier.model.config.architectures or [type(classifier.model).__name__])[0],
+        "versions": {
+            "lightbert": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "litserve": litserve.__version__,
+        },
+    }
+
+
+class Server(litserve.LitServer):
+    """LitServer that stops in order on SIGTERM/SIGINT: LitServe's own shutdown closes its response queues before
+    its HTTP servers, which would fail the requests in flight."""
+
+    stopping = False
+    http_servers: dict[int, Any] = {}  # noqa: RUF012 (replaced per instance once the HTTP servers start)
+
+    def _start_server(self, *args: Any, **kwargs: Any) -> dict[int, Any]:
+        self.http_servers = {} if self.stopping else super()._start_server(*args, **kwargs)
+        return self.http_servers
+
+    def stop(self) -> None:
+        """Stop the HTTP servers gracefully (no new connections; each answers its requests in flight), then let
+        LitServe stop the workers."""
+        self.stopping = True
+        servers = list(self.http_servers.values())
+        for process in servers:
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in servers:
+            process.join(STOP_GRACE_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.http_servers.clear()  # stopped already: LitServe's shutdown skips them
+        if self._shutdown_event is not None:
+            self._shutdown_event.set()
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    base: str | None = None,
+    max_batch_size: int = 32,
+    batch_timeout: float = 0.01,
+    workers: int = 1,
+    precision: str = "fp32",
+    device: str = "auto",
+    trust_checkpoint: bool = False,
+    batch_size: int = 64,
+    threshold: float | None = None,
+    max_texts: int = 256,
+    max_body_bytes: int = 1_000_000,
+    timeout: float = 30.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``model`` (anything ``lightbert.load`` takes) on ``http://host:port`` until SIGTERM or Ctrl+C:
+    ``POST /predict``, ``GET /health``, ``GET /info`` and a page at ``/``. ``on_ready(url)`` is called once the
+    model answers (default: print the address)."""
+    import gc
+
+    from lightbert.classifier import check_precision, check_threshold
+    from lightbert.loader import load
+
+    bind = check_options(host, port, max_batch_size, batch_timeout, workers, batch_size, max_texts, max_body_bytes,
+                         timeout)  # fmt: skip
+    check_precision(precision)
+    if threshold is not None:
+        check_threshold(threshold)
+    check_port_free(bind, port)
+    classifier = load(model, base, trust_checkpoint, "cpu", "fp32")  # every refusal of load, before binding
+    metadata = model_metadata(classifier, model, device, precision, threshold)
+    paired = classifier.paired
+    del classifier
+    gc.collect()
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    settings = ServeSettings(
+        model, base, trust_checkpoint, device, precision, batch_size, threshold, max_texts, threads
+    )
+    api = ClassifierAPI(settings, paired, max_batch_size, batch_timeout)
+    checks = {"path": "/predict", "paired": paired, "max_texts": max_texts, "max_body_bytes": max_body_bytes}
+    server = Server(
+        api,
+        accelerator="cpu",  # lightbert places the model itself (--device), the same way as predict
+        devices=1,
+        workers_per_device=workers,
+        timeout=timeout,
+        model_metadata=metadata,
+        middlewares=[(RequestChecks, checks)],
+        disable_openapi_url=True,  # its page loads scripts from a CDN: nothing here needs the network
+        fast_queue=True,  # answers back over ZeroMQ (a local socket): a few ms less per request than its queues
+    )
+    server.uvicorn_graceful_timeout = STOP_GRACE_SECONDS
+    _add_routes(server.app, metadata)
+    url = f"http://{'127.0.0.1' if bind == '0.0.0.0' else '[::1]' if bind == '::' else bind}:{port}"
+    announce = on_ready or (lambda at: print(f"serving {metadata['name']} at {at} (Ctrl+C stops)", flush=True))
+
+    def watch_until_ready() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not server.stopping:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        announce(url)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    main_pid = os.getpid()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # an HTTP server forked from here, re-raising the signal once it has stopped
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not server.stopping:
+            threading.Thread(target=server.stop, name="lightbert-stop", daemon=True).start()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    threading.Thread(target=watch_until_ready, name="lightbert-ready", daemon=True).start()
+    try:
+        server.run(host=bind, port=port, log_level="warning", generate_client_file=False)
+    except SystemExit:  # uvicorn exits when it cannot bind: the port was taken since it was checked
+        raise LightbertError(f"cannot listen on {bind}:{port}", "pass another --port, or stop what uses it") from None
+    except RuntimeError as err:
+        if "workers failed to start" in str(err):
+            raise LightbertError("the model worker failed to start", "see the messages above") from None
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _add_routes(app: Any, metadata: dict[str, Any]) -> None:
+    """The page at ``/`` (and ``/ui``) instead of LitServe's "litserve running", and ``{"error": ...}`` for every
+    HTTP error (404, 405, 500, LitServe's 504) as for bad requests."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse
+
+    page = PAGE.read_text(encoding="utf-8")
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def http_error(request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, HTTPException)
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/ui", index, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(HTTPException, http_error)
