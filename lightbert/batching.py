@@ -25,13 +25,69 @@ def tokenize(
     return {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
 
 
+def tokenize_windows(
+    tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int, stride: int
+) -> tuple[dict[str, list[list[int]]], list[int]]:
+    """Token ids of every window of ``max_length`` tokens (consecutive windows of a text share ``stride`` tokens; a
+    text pair is windowed along its first text, the second whole in each window) and, per window, its text's
+    index. A text within the limit is one window, the same ids ``tokenize`` gives. Raises ``ValueError`` where a
+    window has no room (a stride too large, a second text too long)."""
+    specials = tokenizer.num_special_tokens_to_add(pair=pairs is not None)
+    room = max_length - specials
+    if pairs is not None:
+        second = tokenizer(list(pairs), add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        for i, ids in enumerate(second):
+            if room - len(ids) <= stride:
+                raise ValueError(f"the second text of row {i + 1} leaves no room for windows of its first text")
+    elif stride >= room:
+        raise ValueError(f"stride {stride} leaves no room within windows of {max_length} tokens")
+    encoded = tokenizer(
+        list(texts),
+        text_pair=list(pairs) if pairs is not None else None,
+        truncation="only_first" if pairs is not None else True,
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        padding=False,
+        return_attention_mask=False,
+    )
+    features = {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
+    return features, [int(i) for i in encoded["overflow_to_sample_mapping"]]
+
+
+def combine_by_document(
+    logits: torch.Tensor, documents: torch.Tensor, combine: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per document of a batch (by ascending id), the mean (or max) of its windows' logits, and the position of its
+    first window in the batch (where its label is read)."""
+    unique, inverse = torch.unique(documents, return_inverse=True)
+    count = len(unique)
+    if combine == "max":
+        combined = torch.full((count, logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
+        combined = combined.scatter_reduce(0, inverse.unsqueeze(1).expand_as(logits), logits, "amax")
+    else:
+        combined = torch.zeros(count, logits.shape[1], dtype=logits.dtype, device=logits.device)
+        combined = combined.index_add(0, inverse, logits)
+        windows = torch.bincount(inverse, minlength=count).to(logits.dtype).unsqueeze(1)
+        combined = combined / windows
+    first = torch.full((count,), len(documents), dtype=torch.long, device=documents.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(documents), device=documents.device), "amin")
+    return combined, first
+
+
 class TokenizedDataset(Dataset):
     """Token ids (and optional targets) per row; items carry their row index so the order can be traced."""
 
-    def __init__(self, features: dict[str, list[list[int]]], targets: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        features: dict[str, list[list[int]]],
+        targets: torch.Tensor | None = None,
+        documents: list[int] | None = None,
+    ) -> None:
         self.features = features
         self.targets = targets
         self.lengths = [len(ids) for ids in features["input_ids"]]
+        self.documents = documents  # chunked long texts: per window, its row (document) in the file
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -41,6 +97,8 @@ class TokenizedDataset(Dataset):
         item["index"] = index
         if self.targets is not None:
             item["labels"] = self.targets[index]
+        if self.documents is not None:
+            item["document"] = self.documents[index]
         return item
 
 
@@ -71,6 +129,8 @@ class PaddingCollator:
         batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
         if "labels" in items[0]:
             batch["labels"] = torch.stack([item["labels"] for item in items])
+        if "document" in items[0]:
+            batch["document"] = torch.tensor([item["document"] for item in items], dtype=torch.long)
         return batch
 
 
@@ -183,6 +243,37 @@ class SortedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+class DocumentBatches(Sampler[list[int]]):
+    """Evaluation batches of chunked long texts: every window of a document in the same batch (so its windows'
+    logits combine into one score per document), documents longest first, about ``batch_size`` windows a batch (a
+    document of more windows is a batch of its own). On several processes, process ``rank`` takes every
+    ``num_replicas``-th document: each is evaluated exactly once."""
+
+    def __init__(
+        self, lengths: Sequence[int], documents: Sequence[int], batch_size: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        windows: dict[int, list[int]] = {}
+        for index, document in enumerate(documents):
+            windows.setdefault(document, []).append(index)
+        size = {d: sum(lengths[i] for i in w) for d, w in windows.items()}
+        order = sorted(windows, key=lambda d: -size[d])[rank::num_replicas]
+        self.batches: list[list[int]] = []
+        current: list[int] = []
+        for document in order:
+            if current and len(current) + len(windows[document]) > batch_size:
+                self.batches.append(current)
+                current = []
+            current += windows[document]
+        if current:
+            self.batches.append(current)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def padding_aware_splits(lengths: Sequence[int], max_batch: int, pass_cost_tokens: float) -> list[int]:

@@ -165,6 +165,7 @@ def build_section(
     rng: dict[str, Any] | None,
     metrics: dict[str, float] | None = None,
     rng_by_rank: list[Any] | None = None,
+    class_weights: list[float] | None = None,
 ) -> dict[str, Any]:
     section = {
         "format_version": FORMAT_VERSION,
@@ -178,6 +179,7 @@ def build_section(
         "rng": rng,
         "rng_by_rank": rng_by_rank,
         "metrics": dict(metrics or {}),
+        "class_weights": list(class_weights) if class_weights else None,
     }
     check_weights_only_safe(section, "checkpoint['lightbert']")
     return section

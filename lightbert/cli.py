@@ -47,6 +47,33 @@ def parser(command: str, description: str) -> Any:
     return Parser(prog=f"lightbert {command}", description=description, default_env=False)
 
 
+def add_long_text_options(p: Any) -> None:
+    p.add_argument(
+        "--long_texts",
+        type=Literal["truncate", "chunk"],
+        default="truncate",
+        help="a text longer than the model's limit: truncate it, or chunk it into overlapping windows whose logits"
+        ' are combined (its record says how many: "windows")',
+    )
+    p.add_argument(
+        "--stride",
+        type=int | None,
+        default=None,
+        help="chunk: tokens each window shares with the previous one (default: a quarter of the limit)",
+    )
+    p.add_argument(
+        "--combine_windows", type=Literal["mean", "max"], default="mean", help="chunk: mean or max of windows' logits"
+    )
+
+
+def long_texts_of(config: Any) -> Any:
+    from lightbert.classifier import LongTexts
+
+    if config.stride is not None and config.stride < 0:
+        raise LightbertError(f"stride must be 0 or more, not {config.stride}", "pass --stride 32")
+    return LongTexts(config.long_texts, config.stride, config.combine_windows)
+
+
 def parse(p: Any, args: list[str]) -> Any:
     """Parse ``args``, boolean options reading as flags too."""
     return p.parse_args(positionals_first(expand_flags(args, boolean_options(p._actions)), p._actions))
@@ -87,7 +114,10 @@ def run_predict(args: list[str]) -> None:
     p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
     p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="multi-label: probability from which a label is predicted"
+        "--threshold",
+        type=float | None,
+        default=None,
+        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
     )
     p.add_argument(
         "--precision",
@@ -117,8 +147,10 @@ def run_predict(args: list[str]) -> None:
         default=1,
         help="machines running --devices processes each, started by torchrun or SLURM",
     )
+    add_long_text_options(p)
     config = parse(p, args)
-    check_threshold(config.threshold)
+    if config.threshold is not None:
+        check_threshold(config.threshold)
     if config.batch_size < 1:
         raise LightbertError(f"batch_size must be at least 1, not {config.batch_size}", "pass --batch_size 64")
     if not config.input and (config.text_column is not None or config.text_pair_column is not None):
@@ -134,6 +166,7 @@ def run_predict(args: list[str]) -> None:
     if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
         return predict_in_group(config, ["predict", *args])
     classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
+    classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
     if config.input:
         chunks = iter_text_chunks(config.input, config.text_column, config.text_pair_column, paired=classifier.paired)
         total = count_rows(config.input)
@@ -171,6 +204,7 @@ def predict_in_group(config: Any, command: list[str]) -> None:
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
         classifier = load(config.model, config.base, config.trust_checkpoint, device, config.precision)
+        classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
         summary = write_predictions_in_group(
             processes, classifier, config.input, config.output, config.text_column, config.text_pair_column,
             config.batch_size, config.threshold, config.overwrite,
@@ -267,6 +301,7 @@ def run_evaluate(args: list[str]) -> None:
         help="machines running --devices processes each, started by torchrun or SLURM",
     )
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    add_long_text_options(p)
     config = parse(p, args)
     if config.threshold is not None:
         check_threshold(config.threshold)
@@ -285,6 +320,7 @@ def run_evaluate(args: list[str]) -> None:
     if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
         return evaluate_in_group(config, ["evaluate", *args], columns)
     classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
+    classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
     from tqdm import tqdm
 
     with tqdm(total=count_rows(config.input), unit="text", file=sys.stderr, disable=None, leave=False) as progress:
@@ -311,6 +347,7 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
         classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
+        classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
         scratch = None
         if processes.is_first:
             scratch = tempfile.mkdtemp(prefix=".lightbert-evaluate-", dir=Path(config.output_dir).resolve().parent)
@@ -319,7 +356,7 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
         predictions = Path(scratch) / "predictions.jsonl"
         text_column, text_pair_column = columns[0], columns[1]
         write_predictions_in_group(processes, classifier, config.input, predictions, text_column, text_pair_column,
-                                   config.batch_size, config.threshold or 0.5)  # fmt: skip
+                                   config.batch_size, config.threshold)  # fmt: skip
         if processes.is_first:
             try:
                 report = evaluate_predictions(
@@ -441,7 +478,7 @@ def run_serve(args: list[str]) -> None:
         "--threshold",
         type=float | None,
         default=None,
-        help="multi-label: probability from which a label is predicted (default 0.5)",
+        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
     )
     p.add_argument("--max_texts", type=int, default=256, help="most texts one request may send (more: 413)")
     p.add_argument("--max_body_bytes", type=int, default=1_000_000, help="largest request body in bytes (larger: 413)")
@@ -452,12 +489,14 @@ def run_serve(args: list[str]) -> None:
         help="seconds a request may wait for a worker before it is answered 504",
     )
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    add_long_text_options(p)
     config = parse(p, args)
     serve(
         config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,
         batch_timeout=config.batch_timeout, workers=config.workers, precision=config.precision, device=config.device,
         trust_checkpoint=config.trust_checkpoint, batch_size=config.batch_size, threshold=config.threshold,
         max_texts=config.max_texts, max_body_bytes=config.max_body_bytes, timeout=config.timeout,
+        long_texts=long_texts_of(config),
     )  # fmt: skip
 
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from lightbert.batching import LengthGroupedSampler, PaddingCollator, SortedSampler, TokenizedDataset, tokenize
+from lightbert.batching import (
+    DocumentBatches,
+    LengthGroupedSampler,
+    PaddingCollator,
+    SortedSampler,
+    TokenizedDataset,
+    tokenize,
+    tokenize_windows,
+)
 from lightbert.bundled import SST2_TRAIN, SST2_VALIDATION, default_base_model
 from lightbert.checkpoint import tokenizer_from_files
 from lightbert.errors import LightbertError
@@ -65,6 +73,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         tokenizer: where the tokenizer comes from: a Hugging Face directory, or the checkpoint fine-tuning starts
             from (default: the bundled MiniLM); the CLI links it to ``--model.base`` (``--model.recipe_base``).
+        long_texts: a text longer than max_length: ``truncate`` it, or ``chunk`` it into windows of max_length that
+            overlap by ``stride`` tokens; training then learns from every window with its text's label, and
+            validation scores each text once, from the mean of its windows' logits.
+        stride: chunk: tokens each window shares with the previous one (default: a quarter of max_length).
     """
 
     def __init__(
@@ -86,6 +98,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         seed: int = 42,
         num_workers: int = 0,
         tokenizer: str | None = None,
+        long_texts: Literal["truncate", "chunk"] = "truncate",
+        stride: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -111,6 +125,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise LightbertError(
                 f"labels must be distinct, non-empty names, not {labels}", "pass --data.labels [negative, positive]"
             )
+        if long_texts not in ("truncate", "chunk"):
+            raise LightbertError(f"unknown long_texts {long_texts!r}", "pass --data.long_texts truncate or chunk")
+        if stride is not None and not 0 <= stride < max_length - 2:
+            raise LightbertError(
+                f"stride must be 0 or more and below max_length less its special tokens, not {stride}",
+                f"pass --data.stride {max_length // 4}",
+            )
         if not 0.0 < val_fraction < 1.0:
             raise LightbertError(
                 f"val_fraction must be between 0 and 1, not {val_fraction}", "pass --data.val_fraction 0.1"
@@ -132,6 +153,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.tokenizer_path = tokenizer
+        self.long_texts = long_texts
+        self.stride = stride
         self.paired = text_pair_column is not None
         self.tokenizer: Any = None
         self.base_config: Any = None
@@ -169,6 +192,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             "label_delimiter": self.label_delimiter,
             "max_length": self.max_length,
             "paired": self.paired,
+            "long_texts": self.long_texts,
+            "stride": self.stride,
         }
 
     # -- reading -----------------------------------------------------------------------------------------------
@@ -193,6 +218,14 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _dataset(self, rows: Rows, source: str) -> TokenizedDataset:
         assert self.encoder is not None
         targets = self.encoder.encode(rows.labels, source)
+        if self.long_texts == "chunk":
+            stride = self.stride if self.stride is not None else self.max_length // 4
+            try:
+                features, documents = tokenize_windows(self.tokenizer, rows.texts, rows.pairs, self.max_length, stride)
+            except ValueError as err:
+                hint = "pass a smaller --data.stride, or --data.long_texts truncate"
+                raise LightbertError(f"{source}: {err}", hint) from None
+            return TokenizedDataset(features, targets[torch.tensor(documents)], documents)
         return TokenizedDataset(tokenize(self.tokenizer, rows.texts, rows.pairs, self.max_length), targets)
 
     def setup(self, stage: str | None = None) -> None:
@@ -249,12 +282,15 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------------------------
 
-    def _loader(self, dataset: TokenizedDataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
+    def _loader(self, dataset: TokenizedDataset, sampler: Sampler[Any], batch_size: int) -> DataLoader:
         if self.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        batches = (
+            sampler if isinstance(sampler, DocumentBatches) else BatchSampler(sampler, batch_size, drop_last=False)
+        )
         return DataLoader(
             dataset,
-            batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
+            batch_sampler=batches,
             collate_fn=PaddingCollator(self.tokenizer.pad_token_id or 0, self.tokenizer.padding_side),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -311,6 +347,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _evaluation_loader(self, name: str) -> DataLoader:
         dataset = self.datasets[name]
         replicas, rank = self.processes()
+        if dataset.documents is not None:  # chunked: each document's windows in one batch, scored together
+            batches = DocumentBatches(dataset.lengths, dataset.documents, self.eval_batch_size, replicas, rank)
+            return self._loader(dataset, batches, self.eval_batch_size)
         return self._loader(dataset, SortedSampler(dataset.lengths, replicas, rank), self.eval_batch_size)
 
     # -- exact resume: where in the epoch the checkpoint was taken ------------------------------------------------

@@ -21,12 +21,11 @@ import numpy as np
 
 from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
-from lightbert.labels import LabelEncoder
+from lightbert.labels import THRESHOLD_STEPS, LabelEncoder, best_f1_thresholds, score_steps
 from lightbert.safety import staged_directory
 from lightbert.tables import Column, iter_tables, select_columns
 
 CALIBRATION_BINS = 15
-THRESHOLD_STEPS = 1000  # multi-label: the best threshold is found to 1/1000
 TEXT_SHOWN = 300  # characters of a text in the worst errors
 
 
@@ -203,23 +202,15 @@ class MultiLabelTally:
         self.fn += (~predicted & truth).sum(axis=0)
         self.exact += int((predicted == truth).all(axis=1).sum())
         self.rows += len(probs)
-        steps = np.floor(probs * THRESHOLD_STEPS).astype(np.int64).clip(0, THRESHOLD_STEPS)
+        steps = score_steps(probs)
         for label in range(len(self.labels)):
             np.add.at(self.positive_scores[label], steps[truth[:, label], label], 1)
             np.add.at(self.negative_scores[label], steps[~truth[:, label], label], 1)
 
     def best_thresholds(self) -> dict[str, dict[str, float]]:
         """Per label, the threshold (a multiple of 1/1000) whose F1 on this data is highest, and that F1."""
-        best = {}
-        for label, name in enumerate(self.labels):
-            # Predicted positive at threshold k/1000: the scores in steps k and above.
-            tp = self.positive_scores[label][::-1].cumsum()[::-1]
-            fp = self.negative_scores[label][::-1].cumsum()[::-1]
-            positives = self.positive_scores[label].sum()
-            f1 = np.where(tp > 0, 2 * tp / np.maximum(positives + tp + fp, 1), 0.0)
-            step = int(np.argmax(f1))  # the lowest threshold among equals
-            best[name] = {"threshold": step / THRESHOLD_STEPS, "f1": float(f1[step])}
-        return best
+        best = best_f1_thresholds(self.positive_scores, self.negative_scores)
+        return {name: {"threshold": t, "f1": f1} for name, (t, f1) in zip(self.labels, best, strict=True)}
 
     def result(self) -> tuple[dict[str, float], dict[str, Any]]:
         per_label = {}
@@ -395,7 +386,7 @@ def evaluate_file(
     def predicted() -> Iterator[tuple[Chunk, list[dict[str, Any]]]]:
         for chunk in chunks:
             texts, pairs, _ = chunk
-            records = classifier.predict(texts, pairs, batch_size=batch_size, threshold=threshold or 0.5)
+            records = classifier.predict(texts, pairs, batch_size=batch_size, threshold=threshold)
             if progress is not None:
                 progress.update(len(texts))
             yield chunk, records
@@ -449,7 +440,7 @@ def evaluate(
         raise LightbertError("texts, labels (and pairs) must be as many", "give one label per text")
     texts, labels = list(texts), list(labels)
     pairs = list(pairs) if pairs is not None else None
-    records = classifier.predict(texts, pairs, batch_size=batch_size, threshold=threshold or 0.5)
+    records = classifier.predict(texts, pairs, batch_size=batch_size, threshold=threshold)
     report = evaluate_records(
         classifier, [((texts, pairs, labels), records)], "the labels", threshold, top_errors, label_delimiter
     )

@@ -18,6 +18,7 @@ from lightbert.bundled import DEFAULT_BASE_NAME
 from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
 from lightbert.evaluation import model_identity, read_report
+from lightbert.labels import describe_class_weights
 from lightbert.loader import load
 from lightbert.safety import staged_directory
 
@@ -147,6 +148,14 @@ def model_card(classifier: Classifier, report: dict[str, Any] | None = None, nam
         lines += [f"- {key}: `{value}`" for key, value in info.data.items()]
     if info.epoch is not None:
         lines.append(f"- epochs completed: {info.epoch}, optimizer steps: {info.global_step}")
+    if info.class_weights and classifier.labels:
+        weights = describe_class_weights(classifier.task, classifier.labels, info.class_weights)
+        lines.append(f"- loss weighted for imbalanced labels, {weights}")
+    if classifier.thresholds:
+        picked = ", ".join(f"{name} {t:.3f}" for name, t in classifier.thresholds.items())
+        lines.append(
+            f"- thresholds picked to maximise each label's F1 on the validation data (in config.json): {picked}"
+        )
     if info.training_config:
         lines += ["", "Configuration (`lightbert fit --config`):", "", "```yaml", info.training_config.rstrip(), "```"]
     metrics = info.metrics

@@ -131,6 +131,25 @@ def labels_of(config: Any) -> list[str]:
     return [str(id2label[key]) for key in sorted(id2label, key=int)]
 
 
+THRESHOLDS_KEY = "label_thresholds"  # multi-label: each label's threshold, in the config (lightbert's own field)
+
+
+def thresholds_of(config: Any, source: str = "the model") -> dict[str, float] | None:
+    """A multi-label config's per-label thresholds (``--model.tune_thresholds``), checked; None when it has none."""
+    stored = getattr(config, THRESHOLDS_KEY, None)
+    if stored is None or task_of(config) != "multi_label":
+        return None
+    labels = labels_of(config)
+    valid = isinstance(stored, dict) and set(stored) == set(labels)
+    valid = valid and all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in stored.values())
+    if not valid:
+        raise LightbertError(
+            f"{source} has {THRESHOLDS_KEY} that are not one number in [0, 1] per label",
+            f"remove {THRESHOLDS_KEY} from its config.json, or export it again",
+        )
+    return {name: float(stored[name]) for name in labels}
+
+
 def label_config(task: str, labels: list[str] | None) -> dict[str, Any]:
     """The HF config fields that describe a classification head."""
     names = labels if task != "regression" else None

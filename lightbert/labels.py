@@ -196,3 +196,87 @@ class LabelEncoder:
             for name in names:
                 targets[i, index[name]] = 1.0
         return targets
+
+
+ClassWeights = Literal["balanced"] | list[float] | dict[str, float]
+
+
+def class_weights(spec: ClassWeights, task: str, labels: list[str], targets: torch.Tensor | None) -> list[float]:
+    """The loss weight of each label, in label order, from ``spec``: ``balanced`` or one weight per label (a list in
+    label order, or a mapping by label name; labels it leaves out weigh 1).
+
+    Single-label: class weights of the cross-entropy; balanced is ``n / (k * count)``, as scikit-learn's
+    ``compute_class_weight``. Multi-label: the positive weight of each label's binary cross-entropy; balanced is
+    ``negatives / positives``, so that a label's positive rows weigh as much as its negative rows."""
+    if task == "regression":
+        raise LightbertError("class weights weigh labels, and a regression has none", "leave --model.class_weights out")
+    if spec == "balanced":
+        if targets is None:
+            raise LightbertError("balanced class weights are counted on the training data", "give --data.train FILE")
+        if task == "single_label":
+            counts = torch.bincount(targets, minlength=len(labels)).double()
+            weights = len(targets) / (len(labels) * counts)
+            empty = [name for name, count in zip(labels, counts.tolist(), strict=True) if count == 0]
+        else:
+            positives = targets.double().sum(dim=0)
+            weights = (len(targets) - positives) / positives
+            empty = [name for name, count in zip(labels, positives.tolist(), strict=True) if count == 0]
+        if empty:
+            raise LightbertError(
+                f"balanced class weights need training rows of every label, and {', '.join(empty)} has none",
+                "give the weights: --model.class_weights '{label: weight, ...}'",
+            )
+        return [float(w) for w in weights.tolist()]
+    if isinstance(spec, str):
+        raise LightbertError(f"unknown class weights {spec!r}", "pass balanced, a list or a mapping by label name")
+    if isinstance(spec, dict):
+        unknown = [str(name) for name in spec if str(name) not in labels]
+        if unknown:
+            raise LightbertError(
+                f"class weights for unknown label(s) {', '.join(unknown)}", f"the labels are {', '.join(labels)}"
+            )
+        named = {str(name): weight for name, weight in spec.items()}
+        given = [named.get(name, 1.0) for name in labels]
+    else:
+        given = list(spec)
+        if len(given) != len(labels):
+            raise LightbertError(
+                f"{len(given)} class weights for {len(labels)} labels ({', '.join(labels)})",
+                "give one weight per label, in this order, or a mapping by label name",
+            )
+    for name, weight in zip(labels, given, strict=True):
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+            raise LightbertError(
+                f"the class weight of {name} is {weight}, not a positive number", "give weights above 0"
+            )
+    return [float(w) for w in given]
+
+
+def describe_class_weights(task: str, labels: list[str], weights: list[float]) -> str:
+    """One line for the start of ``fit`` and the model card."""
+    kind = "positive weights of the labels" if task == "multi_label" else "class weights"
+    return f"{kind}: " + ", ".join(f"{name} {weight:.4g}" for name, weight in zip(labels, weights, strict=True))
+
+
+THRESHOLD_STEPS = 1000  # multi-label thresholds are picked to 1/1000
+
+
+def score_steps(probs: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Each probability's step of 1/``THRESHOLD_STEPS`` (floor), for histograms of scores."""
+    values = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+    return np.floor(values * THRESHOLD_STEPS).astype(np.int64).clip(0, THRESHOLD_STEPS)
+
+
+def best_f1_thresholds(positive_counts: np.ndarray, negative_counts: np.ndarray) -> list[tuple[float, float]]:
+    """Per label, the threshold (a multiple of 1/1000) whose F1 is highest, and that F1, from histograms of the
+    scores of its positive and negative rows (``[labels, THRESHOLD_STEPS + 1]``, see ``score_steps``). The lowest
+    threshold wins among equals; a label without positive rows keeps 0.5 (F1 is 0 whatever the threshold)."""
+    best = []
+    for positives_at, negatives_at in zip(positive_counts, negative_counts, strict=True):
+        # Predicted positive at threshold k/1000: the scores in steps k and above.
+        tp = positives_at[::-1].cumsum()[::-1]
+        fp = negatives_at[::-1].cumsum()[::-1]
+        f1 = np.where(tp > 0, 2 * tp / np.maximum(positives_at.sum() + tp + fp, 1), 0.0)
+        step = int(np.argmax(f1))
+        best.append((step / THRESHOLD_STEPS if f1[step] > 0 else 0.5, float(f1[step])))
+    return best

@@ -19,12 +19,14 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
 from lightbert.callbacks import Checkpointing, StopEarly
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError, Terminated, one_line
+from lightbert.labels import describe_class_weights
 from lightbert.model import SequenceClassifier, logged_metrics, not_resumable
 from lightbert.safety import check_writable_directory
 from lightbert.sources import ModelSource, identify
@@ -167,7 +169,9 @@ class LightbertCLI(LightningCLI):
         if checkpoint is not None:  # its tokenizer, labels and limits, whatever the base
             self.datamodule.use_checkpoint(checkpoint.section)
         self.datamodule.setup(self.subcommand)
-        self.model.preflight(self.datamodule, checkpoint)
+        self.model.preflight(self.datamodule, checkpoint, str(self.subcommand))
+        if self.subcommand == "fit" and self.model.loss_weights and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+            print(describe_class_weights(str(self.model.task), list(self.model.labels or []), self.model.loss_weights))
         self._check_monitor()
         self._check_evaluation_dir()
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -287,6 +291,9 @@ class LightbertCLI(LightningCLI):
         for stopper in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(stopper, StopEarly) and stopper.stop_message:
                 print(stopper.stop_message)
+        if self.model.thresholds:
+            picked = ", ".join(f"{name} {t:.3f}" for name, t in self.model.thresholds.items())
+            print(f"thresholds picked on the validation data (at the latest validation): {picked}")
         callback: Any = trainer.checkpoint_callback
         if callback is not None:
             print(f"best checkpoint: {callback.best_model_path or '(none)'}")

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torchmetrics
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
+from torch.nn import functional
 
+from lightbert.batching import combine_by_document
 from lightbert.bundled import default_base_model
 from lightbert.checkpoint import (
     build_section,
@@ -37,7 +40,8 @@ from lightbert.fastpath import (
     use_gelu_recompute,
     use_resident_embedding_gradient,
 )
-from lightbert.hf import HeadPlan, head_order, plan_head
+from lightbert.hf import THRESHOLDS_KEY, HeadPlan, head_order, plan_head
+from lightbert.labels import THRESHOLD_STEPS, ClassWeights, best_f1_thresholds, class_weights, score_steps
 from lightbert.loader import (
     StartingPoint,
     build_from_start,
@@ -77,6 +81,32 @@ METRIC_NAMES = {
 def logged_metrics(task: str) -> list[str]:
     """The names a run of ``task`` logs, which ``--checkpoint.monitor`` can watch."""
     return ["train_loss", "val_loss", *(f"val_{name}" for name in METRIC_NAMES[task])]
+
+
+class ScoreHistograms(torchmetrics.Metric):
+    """Per label, how many positive and negative rows scored in each step of 1/1000 (summed across processes): what
+    picking each label's F1-best threshold needs, in fixed memory."""
+
+    full_state_update = False
+    positives: torch.Tensor
+    negatives: torch.Tensor
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        shape = (num_labels, THRESHOLD_STEPS + 1)
+        self.add_state("positives", default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("negatives", default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        steps = torch.from_numpy(score_steps(probs.float())).to(self.positives.device)
+        truth = targets.bool().to(steps.device)
+        for label in range(steps.shape[1]):
+            ones = torch.ones_like(steps[:, label])
+            self.positives[label].index_add_(0, steps[truth[:, label], label], ones[truth[:, label]])
+            self.negatives[label].index_add_(0, steps[~truth[:, label], label], ones[~truth[:, label]])
+
+    def compute(self) -> list[tuple[float, float]]:
+        return best_f1_thresholds(self.positives.cpu().numpy(), self.negatives.cpu().numpy())
 
 
 def no_decay_parameter_ids(model: nn.Module) -> set[int]:
@@ -123,6 +153,11 @@ class SequenceClassifier(pl.LightningModule):
             gives its config and tokenizer.
         carry_optimizer: for a recipe checkpoint as base: also take its AdamW moments and step counts (carrying
             the recipe's run on; the learning-rate schedule starts anew).
+        class_weights: weigh the loss for imbalanced labels: ``balanced`` (counted on the training data), or one
+            weight per label (a list in label order, or a mapping by label name). Single-label: class weights of the
+            cross-entropy; multi-label: each label's positive weight. Stored in the checkpoint and restored on resume.
+        tune_thresholds: multi-label: pick each label's threshold to maximise its F1 on the validation data (at every
+            validation; the checkpoint of a validation carries its thresholds, which predict, evaluate and serve use).
     """
 
     def __init__(
@@ -135,6 +170,8 @@ class SequenceClassifier(pl.LightningModule):
         new_head: bool = False,
         recipe_base: str | None = None,
         carry_optimizer: bool = False,
+        class_weights: ClassWeights | None = None,
+        tune_thresholds: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -160,6 +197,8 @@ class SequenceClassifier(pl.LightningModule):
         self._start: StartingPoint | None = None
         self._head_plan: HeadPlan | None = None
         self._carried_state: dict[str, Any] | None = None
+        self.loss_weights: list[float] | None = None  # resolved class_weights, in label order
+        self.thresholds: dict[str, float] | None = None  # picked by tune_thresholds at the latest validation
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -209,6 +248,16 @@ class SequenceClassifier(pl.LightningModule):
         self.task, self.labels = datamodule.task, datamodule.labels
         self.tokenizer = datamodule.tokenizer
         self.data_settings = datamodule.settings()
+        if self.hparams["tune_thresholds"] and self.task != "multi_label":
+            raise LightbertError(
+                f"--model.tune_thresholds picks multi-label thresholds, and this data is {self.task}",
+                "leave --model.tune_thresholds out",
+            )
+        spec = self.hparams["class_weights"]
+        if spec is not None and self.loss_weights is None:
+            train = getattr(datamodule, "datasets", {}).get("train")
+            targets = train.targets if train is not None else None
+            self.loss_weights = class_weights(spec, self.task, list(self.labels or []), targets)
 
     def preflight(self, datamodule: Any, checkpoint: ModelSource | None = None, stage: str = "fit") -> None:
         """Check the model against the data before any training starts (the CLI calls this before it creates the
@@ -229,6 +278,8 @@ class SequenceClassifier(pl.LightningModule):
                 if path is not None:  # not used here, but a path that is no model is still a mistake to report
                     identify(path)
             self._check_labels(checkpoint.section, checkpoint.path)
+            if stage == "fit":  # validate and test may weigh their loss as they are told
+                self._check_class_weights(checkpoint.section, checkpoint.path)
             self.build_from_checkpoint(checkpoint.section)
             return
         self._plan()
@@ -264,6 +315,8 @@ class SequenceClassifier(pl.LightningModule):
             self._plan()
         assert self._start is not None and self._head_plan is not None and self.task is not None
         self.model = build_from_start(self._start, self._head_plan, self.task, self.labels)
+        if hasattr(self.model.config, THRESHOLDS_KEY):  # the base's thresholds are not this run's
+            delattr(self.model.config, THRESHOLDS_KEY)
         if self.hparams["carry_optimizer"] and self._carried_state is None:
             self._carried_state = recipe_adamw_state(self._start, self.model, head_order(self._head_plan))
         if self.tokenizer is None:
@@ -277,7 +330,18 @@ class SequenceClassifier(pl.LightningModule):
         self.data_settings = self.data_settings or dict(section.get("data") or {})
         self.tokenizer = self.tokenizer or tokenizer_from_files(section["tokenizer_files"])
         self.model = classifier_from_config(section["hf_config"])
+        if section.get("class_weights") is not None and self.loss_weights is None:
+            self.loss_weights = [float(w) for w in section["class_weights"]]
         self._finish_build()
+
+    def _check_class_weights(self, section: dict[str, Any], path: str | Path) -> None:
+        """Resuming continues with the checkpoint's class weights; other weights asked for are a mistake."""
+        own = section.get("class_weights")
+        if self.loss_weights is not None and (own is None or not np.allclose(own, self.loss_weights, rtol=1e-9)):
+            raise LightbertError(
+                f"{path} was trained with class weights {own}, and --model.class_weights gives {self.loss_weights}",
+                "resume with the checkpoint's class weights (or leave --model.class_weights out)",
+            )
 
     def _check_labels(self, section: dict[str, Any], path: str | Path) -> None:
         if self.task is None:
@@ -315,6 +379,9 @@ class SequenceClassifier(pl.LightningModule):
         # numbers of rows), and every process agrees on the best checkpoint.
         self.val_loss = torchmetrics.MeanMetric()
         self.test_loss = torchmetrics.MeanMetric()
+        self.val_scores = ScoreHistograms(num_labels) if self.hparams["tune_thresholds"] else None
+        weights = torch.tensor(self.loss_weights or [], dtype=torch.float32)
+        self.register_buffer("class_weight_tensor", weights, persistent=False)  # follows the module's device
         self.model.train()  # from_pretrained returns eval mode; training needs dropout (see on_train_start)
 
     # -- steps -------------------------------------------------------------------------------------------------
@@ -340,19 +407,46 @@ class SequenceClassifier(pl.LightningModule):
             restore_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
+    def loss_and_logits(
+        self, batch: dict[str, torch.Tensor], by_document: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss (weighted by ``class_weights`` when given), the logits and the labels of a labelled batch;
+        ``by_document``: of chunked long texts, one row per document, from the mean of its windows' logits."""
+        documents = batch.get("document") if by_document else None
+        if not self.loss_weights and documents is None:
+            output = self(batch)
+            return output.loss, output.logits, batch["labels"]
+        logits = self({k: v for k, v in batch.items() if k != "labels"}).logits
+        labels = batch["labels"]
+        if documents is not None:
+            logits, first = combine_by_document(logits.float(), documents)
+            labels = labels[first]
+        return self.loss_of(logits, labels), logits, labels
+
+    def loss_of(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss Hugging Face's heads compute, with the class weights when given."""
+        weights: torch.Tensor | None = self.class_weight_tensor if self.loss_weights else None  # type: ignore[assignment]
+        if self.task == "regression":
+            return functional.mse_loss(logits.float().squeeze(-1), labels.float())
+        if self.task == "multi_label":
+            return functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights)
+        return functional.cross_entropy(logits.float(), labels, weight=weights)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
+        loss, _, _ = self.loss_and_logits(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], metrics: torchmetrics.MetricCollection, stage: str) -> None:
-        output = self(batch)
-        size = batch["input_ids"].shape[0]
+        batch_loss, logits, labels = self.loss_and_logits(batch, by_document=True)  # chunked: one row per document
+        size = logits.shape[0]
         loss = self.val_loss if stage == "val" else self.test_loss
-        loss.update(output.loss.detach(), weight=size)
+        loss.update(batch_loss.detach(), weight=size)
         self.log(f"{stage}_loss", loss, prog_bar=stage == "val", batch_size=size)
-        metrics.update(*self._metric_inputs(output.logits, batch["labels"]))
+        metrics.update(*self._metric_inputs(logits, labels))
         self.log_dict(metrics, batch_size=size)
+        if stage == "val" and self.val_scores is not None:
+            self.val_scores.update(torch.sigmoid(logits.detach().float()), labels)
 
     def _metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.task == "regression":
@@ -363,6 +457,17 @@ class SequenceClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_scores is None:
+            return
+        picked = self.val_scores.compute()
+        self.val_scores.reset()
+        if self._trainer is not None and self.trainer.sanity_checking:
+            return
+        self.thresholds = {name: t for name, (t, _) in zip(self.labels or [], picked, strict=True)}
+        # In the config, so that the checkpoint of this validation and an export carry them to predict and serve.
+        setattr(self.model.config, THRESHOLDS_KEY, dict(self.thresholds))
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")
@@ -430,6 +535,7 @@ class SequenceClassifier(pl.LightningModule):
             rng=rng,
             rng_by_rank=rng_by_rank,
             metrics=self._validation_metrics(),
+            class_weights=self.loss_weights,
         )
 
     def _validation_metrics(self) -> dict[str, float]:

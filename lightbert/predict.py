@@ -41,7 +41,7 @@ def predict_stream(
     classifier: Classifier,
     chunks: Iterable[TextChunk],
     batch_size: int = 64,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     summary: PredictionSummary | None = None,
     progress: Any = None,
 ) -> Iterator[dict[str, Any]]:
@@ -67,7 +67,7 @@ def write_predictions(
     output: str | Path | IO[str] | None = None,
     total: int | None = None,
     batch_size: int = 64,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     overwrite: bool = False,
 ) -> PredictionSummary:
     """Predict ``chunks`` and write JSON Lines to ``output``: a path (written atomically; an existing file is kept
@@ -97,7 +97,7 @@ def write_predictions_in_group(
     text_column: Column = None,
     text_pair_column: Column = None,
     batch_size: int = 64,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     overwrite: bool = False,
     chunk_size: int = 4096,
 ) -> PredictionSummary:

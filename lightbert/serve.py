@@ -190,6 +190,7 @@ class ServeSettings:
     threshold: float | None
     max_texts: int
     threads: int
+    long_texts: Any = None  # lightbert.classifier.LongTexts: truncate, or chunk into windows
 
 
 class QueueDrainingLoop(BatchedLoop):
@@ -263,6 +264,8 @@ class ClassifierAPI(litserve.LitAPI):
         torch.set_num_threads(self.settings.threads)
         s = self.settings
         self.classifier = load(s.model, s.base, s.trust_checkpoint, s.device, s.precision)
+        if s.long_texts is not None:
+            self.classifier.long_texts = s.long_texts
         pairs = list(reversed(WARM_UP_TEXTS)) if self.paired else None
         self.classifier.predict(WARM_UP_TEXTS, pairs)  # /health says ready only after the model has answered
 
@@ -288,8 +291,7 @@ class ClassifierAPI(litserve.LitAPI):
             pairs = [p for i in group for p in requests[i].pairs] if with_pairs else None  # type: ignore[union-attr]
             inference = self.classifier.infer(texts, pairs, self.settings.batch_size)
             threshold = self.settings.threshold
-            records = self.classifier.records(inference.logits, 0.5 if threshold is None else threshold,
-                                              inference.truncated)  # fmt: skip
+            records = self.classifier.records(inference.logits, threshold, inference.truncated, inference.windows)
             start = 0
             for i in group:
                 request = requests[i]
@@ -356,6 +358,13 @@ def display_name(model: str) -> str:
     return path.name or str(model)
 
 
+def _threshold_shown(classifier: Any, threshold: float | None) -> float | dict[str, float] | None:
+    """Multi-label: the threshold applied, or the model's own per label; None for other tasks."""
+    if classifier.task != "multi_label":
+        return None
+    return threshold if threshold is not None else (classifier.thresholds or 0.5)
+
+
 def model_metadata(classifier: Any, model: str, device: str, precision: str, threshold: float | None) -> dict[str, Any]:
     """What ``GET /info`` says of the model."""
     import litserve
@@ -374,7 +383,7 @@ def model_metadata(classifier: Any, model: str, device: str, precision: str, thr
         "max_length": classifier.max_length,
         "precision": precision,
         "device": str(resolve_device(device, precision)),
-        "threshold": threshold if threshold is not None else (0.5 if classifier.task == "multi_label" else None),
+        "threshold": _threshold_shown(classifier, threshold),
         "architecture": (classifier.model.config.architectures or [type(classifier.model).__name__])[0],
         "versions": {
             "lightbert": __version__,
@@ -430,6 +439,7 @@ def serve(
     max_texts: int = 256,
     max_body_bytes: int = 1_000_000,
     timeout: float = 30.0,
+    long_texts: Any = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``model`` (anything ``lightbert.load`` takes) on ``http://host:port`` until SIGTERM or Ctrl+C:
@@ -447,6 +457,8 @@ def serve(
         check_threshold(threshold)
     check_port_free(bind, port)
     classifier = load(model, base, trust_checkpoint, "cpu", "fp32")  # every refusal of load, before binding
+    if long_texts is not None:
+        long_texts.check(classifier.max_length)
     metadata = model_metadata(classifier, model, device, precision, threshold)
     paired = classifier.paired
     del classifier
@@ -454,7 +466,7 @@ def serve(
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     settings = ServeSettings(
-        model, base, trust_checkpoint, device, precision, batch_size, threshold, max_texts, threads
+        model, base, trust_checkpoint, device, precision, batch_size, threshold, max_texts, threads, long_texts
     )
     api = ClassifierAPI(settings, paired, max_batch_size, batch_timeout)
     checks = {"path": "/predict", "paired": paired, "max_texts": max_texts, "max_body_bytes": max_body_bytes}

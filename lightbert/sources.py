@@ -101,6 +101,7 @@ class ModelInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
+    class_weights: list[float] | None = None
 
     @property
     def paired(self) -> bool:
@@ -129,4 +130,5 @@ def model_info(source: ModelSource, base: str | Path | None = None, prefix: str 
         metrics=dict(section.get("metrics") or {}),
         versions={k: v for k, v in versions.items() if v},
         hyper_parameters=dict(hparams) if isinstance(hparams, dict) and source.kind == "recipe" else {},
+        class_weights=section.get("class_weights"),
     )

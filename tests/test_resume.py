@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import quiet_trainer, sentiment_rows, write_csv
 
-from lightbert.callbacks import Checkpointing
+from lightbert.callbacks import Checkpointing, StopEarly
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.model import SequenceClassifier
 
@@ -43,16 +43,32 @@ def files(directory):
     )
 
 
-def run(base, data_files, ckpt_dir, recorder, ckpt_path=None, last_every_n_steps=None):
+def multi_label_files(directory):
+    """Multi-label rows: every text is `film`, the positive ones `good` too."""
+    rows = [(text, "film,good" if label == "1" else "film") for text, label in sentiment_rows(48, seed=1)]
+    return (
+        write_csv(directory / "train.csv", ["text", "labels"], rows[:40]),
+        write_csv(directory / "val.csv", ["text", "labels"], rows[40:]),
+    )
+
+
+def run(base, data_files, ckpt_dir, recorder, ckpt_path=None, last_every_n_steps=None, options=None):
+    """Two epochs of 10 steps; ``options``: the module's keyword arguments, ``stop_early`` (StopEarly's) and
+    ``data`` (the data module's)."""
     pl.seed_everything(123, verbose=False)
+    options = dict(options or {})
+    stopper = [StopEarly(**options.pop("stop_early"))] if "stop_early" in options else []
+    data_options = options.pop("data", {})
     train, val = data_files
-    dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(base), batch_size=4)
-    model = SequenceClassifier(base=str(base), learning_rate=2e-3, warmup_steps=3)
+    dm = ClassificationDataModule(
+        train=str(train), validation=str(val), tokenizer=str(base), batch_size=4, **data_options
+    )
+    model = SequenceClassifier(base=str(base), learning_rate=2e-3, warmup_steps=3, **options)
     checkpoint = Checkpointing(
         dirpath=str(ckpt_dir), monitor="val_loss", save_last=True, save_top_k=1, last_every_n_steps=last_every_n_steps
     )
     trainer = quiet_trainer(
-        max_epochs=2, callbacks=[recorder, checkpoint], enable_checkpointing=True, num_sanity_val_steps=2
+        max_epochs=2, callbacks=[recorder, checkpoint, *stopper], enable_checkpointing=True, num_sanity_val_steps=2
     )
     with contextlib.suppress(Interrupted):
         trainer.fit(model, dm, ckpt_path=ckpt_path)
@@ -133,3 +149,27 @@ def test_resuming_a_finished_run_trains_nothing(tiny_bert, tmp_path, uninterrupt
     model, trainer = run(tiny_bert, files(tmp_path), tmp_path / "again", recorder, ckpt_path=str(last))
     assert recorder.lrs == [] and trainer.global_step == 20
     assert max_param_difference(model, straight_model) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("data", "options"),
+    [
+        (files, {"class_weights": "balanced", "stop_early": {"patience": 3}}),
+        (multi_label_files, {"class_weights": "balanced", "tune_thresholds": True, "data": {"task": "multi_label"}}),
+        (files, {"data": {"long_texts": "chunk", "max_length": 6, "stride": 1}}),
+    ],
+    ids=["class-weights-and-early-stopping", "multi-label-weights-and-thresholds", "long-texts-in-windows"],
+)
+def test_resume_mid_epoch_is_exact_with_the_training_options_on(tiny_bert, tmp_path, data, options):
+    straight = Recorder()
+    straight_model, straight_trainer = run(tiny_bert, data(tmp_path), tmp_path / "straight", straight, options=options)
+    first = Recorder(stop_before_step=13)
+    run(tiny_bert, data(tmp_path), tmp_path / "a", first, last_every_n_steps=13, options=options)
+    second = Recorder()
+    last = str(tmp_path / "a" / "last.ckpt")
+    resumed_model, trainer = run(tiny_bert, data(tmp_path), tmp_path / "b", second, ckpt_path=last, options=options)
+    assert trainer.global_step == straight_trainer.global_step > 13
+    assert first.lrs + second.lrs == straight.lrs and first.samples + second.samples == straight.samples
+    assert max_param_difference(resumed_model, straight_model) == 0.0
+    assert resumed_model.loss_weights == straight_model.loss_weights
+    assert resumed_model.thresholds == straight_model.thresholds
