@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.errors import LightbertError
@@ -187,3 +188,58 @@ class StopEarly(EarlyStopping):
                 f" by more than {abs(self.min_delta):g} for {self.wait_count} validation run(s)"
                 f" (--early_stopping.patience {self.patience})"
             )
+
+
+TRIAL_ENVIRONMENT = "LIGHTBERT_TRIAL"  # set by lightbert tune for the fit process of a trial
+
+
+class TrialReporter(Callback):
+    """For ``lightbert tune``: reports the tuned metric to the Optuna trial after every validation run, stops the
+    run when the pruner says so, and at the end writes the trial's outcome (``state``, ``value``, the best
+    checkpoint) to ``result`` as JSON, for the tune process that started this one."""
+
+    def __init__(
+        self,
+        storage: str,
+        study: str,
+        trial_id: int,
+        metric: str,
+        direction: str,
+        result: str,
+        pruner_startup_trials: int = 2,
+    ) -> None:
+        import optuna
+
+        # The pruner is not in the storage: this process builds the one the tune process chose.
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials, n_warmup_steps=0)
+        self.trial = optuna.trial.Trial(optuna.load_study(study_name=study, storage=storage, pruner=pruner), trial_id)
+        self.metric, self.direction, self.result = metric, direction, Path(result)
+        self.values: list[float] = []
+        self.pruned = False
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None:
+            return
+        self.values.append(float(value))
+        self.trial.report(float(value), step=len(self.values) - 1)
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        finite = [v for v in self.values if v == v]
+        best = (min if self.direction == "minimize" else max)(finite) if finite else None
+        checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+        outcome = {"state": "pruned" if self.pruned else "complete", "value": best, "values": self.values,
+                   "validations": len(self.values), "best_checkpoint": checkpoint}  # fmt: skip
+        data = json.dumps(outcome).encode()
+
+        def write(f: Any) -> None:
+            f.write(data)
+
+        atomic_write(self.result, write, what="trial result")

@@ -19,11 +19,12 @@ from typing import Any, Literal
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags, positionals_first
 from lightbert.errors import LightbertError, Terminated, note, one_line
 
-USAGE = """usage: lightbert {fit,validate,test,predict,evaluate,serve,export,inspect} [options]
+USAGE = """usage: lightbert {fit,validate,test,tune,predict,evaluate,serve,export,inspect} [options]
 
   fit        fine-tune a classifier (no options: the bundled MiniLM on a bundled SST-2 sample)
   validate   evaluate a checkpoint on the validation data (--ckpt_path)
   test       evaluate a checkpoint on --data.test (--ckpt_path)
+  tune       search fit's hyper-parameters (Optuna: TPE, median pruning, resumable)
   predict    label texts with a checkpoint or a Hugging Face model directory
   evaluate   score a model on a labelled file: a report with numbers, figures and the worst errors
   serve      serve a model over HTTP (batched), with a page to try it
@@ -506,10 +507,62 @@ def run_training(args: list[str]) -> None:
     run(args)
 
 
+def run_tune(args: list[str]) -> None:
+    from lightbert.tuning import TUNABLE_METRICS, tune
+
+    p = parser(
+        "tune",
+        "Search fit's options on Optuna: each trial a lightbert fit run of its own (runs/tune-NAME/trial_K), the TPE"
+        " sampler, a median pruner fed after every validation; the study in an SQLite file, so running the same"
+        " command again continues it. At the end: a table of trials, best.yaml, the best checkpoint and figures.",
+    )
+    p.add_argument("--config", type=str, required=True, help="a lightbert fit config (YAML): what every trial runs")
+    p.add_argument(
+        "--search",
+        type=str,
+        required=True,
+        help="YAML of options to search: 'model.learning_rate: {low: 1e-5, high: 1e-4, log: true}',"
+        " 'data.batch_size: [16, 32]', 'trainer.max_epochs: {low: 1, high: 3}'",
+    )
+    p.add_argument("--n_trials", type=int, default=20, help="trials to complete or prune, counting earlier runs")
+    p.add_argument("--timeout", type=float | None, default=None, help="start no trial after this many seconds")
+    p.add_argument("--study_name", type=str | None, default=None, help="the study's name (default: --search's stem)")
+    p.add_argument(
+        "--storage",
+        type=str | None,
+        default=None,
+        help="Optuna storage URL (default: sqlite:///runs/tune-NAME/study.db)",
+    )
+    p.add_argument(
+        "--metric", type=str, default="val_loss", help=f"the metric to optimise: {', '.join(TUNABLE_METRICS)}"
+    )
+    p.add_argument(
+        "--direction",
+        type=Literal["min", "max"] | None,
+        default=None,
+        help="min or max (default: min for losses and errors, max for the rest)",
+    )
+    p.add_argument("--seed", type=int, default=42, help="the TPE sampler's seed")
+    p.add_argument("--root", type=str, default="runs", help="where runs/tune-NAME goes")
+    p.add_argument(
+        "--pruner_startup_trials",
+        type=int,
+        default=2,
+        help="trials that run to the end before the median pruner may stop one",
+    )
+    config = parse(p, args)
+    tune(
+        config.config, config.search, config.n_trials, timeout=config.timeout, study_name=config.study_name,
+        storage=config.storage, metric=config.metric, direction=config.direction, seed=config.seed, root=config.root,
+        pruner_startup_trials=config.pruner_startup_trials,
+    )  # fmt: skip
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "fit": run_training,
     "validate": run_training,
     "test": run_training,
+    "tune": run_tune,
     "predict": run_predict,
     "evaluate": run_evaluate,
     "serve": run_serve,

@@ -9,8 +9,10 @@ never leaves a half-made run directory.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
-from lightbert.callbacks import Checkpointing, StopEarly
+from lightbert.callbacks import TRIAL_ENVIRONMENT, Checkpointing, StopEarly, TrialReporter
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.errors import LightbertError, Terminated, one_line
 from lightbert.labels import describe_class_weights
@@ -230,7 +232,11 @@ class LightbertCLI(LightningCLI):
             kwargs["logger"] = (
                 default_loggers(config.get("default_root_dir") or "runs") if self.subcommand == "fit" else False
             )
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        trial = os.environ.get(TRIAL_ENVIRONMENT)
+        if trial and self.subcommand == "fit":  # a trial of lightbert tune: report to its study
+            trainer.callbacks.append(TrialReporter(**json.loads(trial)))  # type: ignore[attr-defined]
+        return trainer
 
     def _checkpoint_to_restore(self) -> ModelSource | None:
         """The checkpoint of ``--ckpt_path``, identified and checked (None without one)."""

@@ -19,7 +19,7 @@ from helpers import ServerProcess, run_cli, sentiment_rows, train_checkpoint, wr
 from lightbert.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("fit", "validate", "test", "predict", "evaluate", "serve", "export", "inspect")
+COMMANDS = ("fit", "validate", "test", "tune", "predict", "evaluate", "serve", "export", "inspect")
 README_TRAINER_OPTIONS = set(re.findall(r"--trainer\.\w+", (ROOT / "README.md").read_text()))
 
 
@@ -64,6 +64,13 @@ def files(tmp_path_factory, tiny_bert, trained_checkpoint, recipe_checkpoint):
         yaml.safe_dump({"seed_everything": 5, "data": {"validation": str(tmp / "val.csv")}})
     )
     (tmp / "a-file").write_text("not a directory")
+    tune_fit = {
+        "model": {"base": str(tiny_bert)},
+        "trainer": {"max_epochs": 1, "enable_model_summary": False},
+        "data": {"train": str(tmp / "train.csv"), "validation": str(tmp / "val.csv"), "batch_size": 4},
+    }
+    (tmp / "tune-fit.yaml").write_text(yaml.safe_dump(tune_fit))
+    (tmp / "space.yaml").write_text(yaml.safe_dump({"model.learning_rate": {"low": 1e-4, "high": 1e-3, "log": True}}))
     report = run_cli("evaluate", trained_checkpoint, f"--input={tmp / 'test.csv'}", f"--output_dir={tmp / 'report'}")
     assert report.code == 0, report.err
     return {
@@ -302,14 +309,15 @@ VALID_RUNS: dict[str, list[list[str]]] = {
         ],
         ["{recipe}", "--base={base}", "--input={three}", "--output_dir={run}", "--label_delimiter=;"],
     ],
-    "serve": [  # each starts a real server, answers one request and stops (test_valid_values_run)
+    "serve": [  # a real server, which answers one request and stops (test_valid_values_run)
         [
-            "{ckpt}",
+            "{recipe}",
+            "--base={base}",
             "--host=127.0.0.1",
             "--max_batch_size=4",
             "--batch_timeout=0.005",
             "--workers=1",
-            "--precision=fp32",
+            "--precision=int8",
             "--device=cpu",
             "--batch_size=8",
             "--threshold=0.5",
@@ -321,7 +329,21 @@ VALID_RUNS: dict[str, list[list[str]]] = {
             "--timeout=5",
             "--trust_checkpoint=false",
         ],
-        ["{recipe}", "--base={base}", "--precision=int8"],
+    ],
+    "tune": [  # one trial: a fit process of its own
+        [
+            "--config={tune_fit}",
+            "--search={space}",
+            "--n_trials=1",
+            "--timeout=600",
+            "--study_name=options",
+            "--storage=sqlite:///{run}.db",
+            "--metric=val_accuracy",
+            "--direction=max",
+            "--seed=1",
+            "--root={run}",
+            "--pruner_startup_trials=1",
+        ]
     ],
     "export": [
         ["{ckpt}", "{run}", "--overwrite", "--trust_checkpoint=false", "--report={report}"],
@@ -435,6 +457,16 @@ BAD_VALUES: dict[str, list[str]] = {
     "--top_errors": ["-1"],
     "--evaluation_dir": ["{a_file}"],
     "--report": ["/no/such/report.json"],
+    # tune
+    "--search": ["/no/such.yaml", "{a_file}"],
+    "--n_trials": ["0"],
+    "--study_name": ["a b"],
+    "--storage": ["nosuch://x"],
+    "--metric": ["val_acc"],
+    "--direction": ["up"],
+    "--seed": ["x"],
+    "--root": ["{a_file}"],
+    "--pruner_startup_trials": ["-1"],
     # serve
     "--host": ["example.com"],
     "--port": ["80", "http"],
@@ -453,6 +485,7 @@ VALID_BASE = {  # the rest of a run that a bad value is added to
     "predict": ["{ckpt}", "a good film"],
     "evaluate": ["{ckpt}", "--input={test}", "--output_dir={run}"],
     "serve": ["{ckpt}"],
+    "tune": ["--config={tune_fit}", "--search={space}", "--n_trials=1", "--root={run}"],
     "export": ["{ckpt}", "{run}"],
     "inspect": ["{ckpt}"],
 }

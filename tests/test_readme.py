@@ -47,6 +47,12 @@ def scratch(tmp_path, tiny_bert, monkeypatch):
     write_csv(tmp_path / "more-reviews.csv", ["text", "label"], named[8:])
     write_csv(tmp_path / "new.csv", ["text"], [(text,) for text, _ in named[:5]])
     write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(16))
+    write_csv(tmp_path / "train.tsv", ["sentence", "label"], sentiment_rows(16))
+    write_csv(tmp_path / "val.tsv", ["sentence", "label"], sentiment_rows(8, seed=3))
+    readme = (ROOT / "README.md").read_text()
+    space = readme.split("```yaml\n# space.yaml", 1)[1].split("```", 1)[0]  # the search space the README shows
+    space = "# space.yaml" + space
+    (tmp_path / "space.yaml").write_text(space, encoding="utf-8")
     (tmp_path / "texts.txt").write_text("a good film\nbad\n", encoding="utf-8")
     topics = [(text, ["World", "Sports"][int(label)]) for text, label in sentiment_rows(20)]
     write_csv(tmp_path / "agnews.tsv", None, topics)
@@ -76,6 +82,8 @@ def with_stand_ins(command: str, tiny_bert: Path) -> tuple[list[str], str | None
     if " > " in command:
         command, redirect = (part.strip() for part in command.split(" > "))
     args = shlex.split(command)[1:]
+    if args[0] == "tune":  # one trial, not the README's ten
+        args[args.index("--n_trials") + 1] = "1"
     if args[0] == "fit":
         if not any(a.startswith("--model.base") for a in args):
             args.append(f"--model.base={tiny_bert}")
@@ -113,7 +121,7 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
             result = run_process(*args) if several_processes(args) else run_cli(*args)
             assert result.code == 0, f"{command}\n{result.err[-2000:]}"
         ran.append(args[0])
-    assert {"fit", "predict", "evaluate", "serve", "test", "export", "inspect"} <= set(ran)
+    assert {"fit", "tune", "predict", "evaluate", "serve", "test", "export", "inspect"} <= set(ran)
     assert (scratch / "my-model" / "model.safetensors").is_file()
     assert len((scratch / "predictions.jsonl").read_text().splitlines()) == 5
 

@@ -295,7 +295,7 @@ def in_flight_then(server: ServerProcess, stop) -> tuple[list, int, float]:
     clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for thread in clients:
         thread.start()
-    time.sleep(1.5)
+    time.sleep(1.0)
     signal_at = time.monotonic()
     signalled.set()
     code = stop()
