@@ -16,13 +16,11 @@ import argparse
 import csv
 import json
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from measure import machine
+from measure import lightbert, machine
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "train.tsv"
 
@@ -56,13 +54,6 @@ def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
     """Rows as the shared file has them: no header, text TAB label."""
     path.write_text("".join(f"{text.replace(chr(9), ' ')}\t{label}\n" for text, label in rows), encoding="utf-8")
     return path
-
-
-def lightbert(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "lightbert.cli", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"lightbert {' '.join(args)} failed: {result.stderr[-3000:]}")
-    return result.stdout
 
 
 def main() -> None:

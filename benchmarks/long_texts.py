@@ -16,13 +16,11 @@ import argparse
 import csv
 import json
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from measure import machine
+from measure import lightbert, machine
 from transformers import AutoTokenizer
 
 from lightbert.bundled import default_base_model
@@ -41,13 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 def write_rows(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(lines), encoding="utf-8")
     return path
-
-
-def lightbert(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "lightbert.cli", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"lightbert {' '.join(args)} failed: {result.stderr[-3000:]}")
-    return result.stdout
 
 
 def accuracy(model: str, test: Path, directory: Path, *extra: str) -> float:

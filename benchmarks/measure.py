@@ -85,3 +85,11 @@ def machine() -> str:
     except ImportError:
         pass
     return line
+
+
+def lightbert(*args: str) -> str:
+    """``lightbert ARGS`` as a process; its standard output, or exit with its error."""
+    result = subprocess.run([sys.executable, "-m", "lightbert.cli", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"lightbert {' '.join(args)} failed: {result.stderr[-3000:]}")
+    return result.stdout

@@ -48,6 +48,64 @@ def parser(command: str, description: str) -> Any:
     return Parser(prog=f"lightbert {command}", description=description, default_env=False)
 
 
+def add_column_options(p: Any) -> None:
+    p.add_argument(
+        "--text_column",
+        type=int | str | None,
+        default=None,
+        help="column with the text, by name or 0-based position (default: text/sentence/..., else the first)",
+    )
+    p.add_argument(
+        "--text_pair_column",
+        type=int | str | None,
+        default=None,
+        help="column with the second text, for models trained on pairs",
+    )
+
+
+def add_model_options(p: Any, batch_help: str = "texts per forward pass") -> None:
+    """The options of every command that loads a model to predict with: where its config comes from, how it runs."""
+    p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
+    p.add_argument("--batch_size", type=int, default=64, help=batch_help)
+    p.add_argument(
+        "--threshold",
+        type=float | None,
+        default=None,
+        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
+    )
+    p.add_argument(
+        "--precision",
+        type=Literal["fp32", "bf16", "int8"],
+        default="fp32",
+        help="fp32 (exact), bf16 (faster on GPUs and CPUs with AMX; slower on others)"
+        " or int8 (CPUs: faster, approximate)",
+    )
+    p.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        help="auto (the GPU if there is one, else the CPU; the CPU for int8), cpu, cuda, cuda:N or mps",
+    )
+    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
+    add_long_text_options(p)
+
+
+def add_process_options(p: Any, output: str) -> None:
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes on this machine that share the input file (each takes every N-th chunk of 4,096 texts; the"
+        f" first writes {output})",
+    )
+    p.add_argument(
+        "--num_nodes",
+        type=int,
+        default=1,
+        help="machines running --devices processes each, started by torchrun or SLURM",
+    )
+
+
 def add_long_text_options(p: Any) -> None:
     p.add_argument(
         "--long_texts",
@@ -100,55 +158,10 @@ def run_predict(args: list[str]) -> None:
     p.add_argument(
         "--output", type=str | None, default=None, help="write JSON Lines here (atomically) instead of stdout"
     )
-    p.add_argument(
-        "--text_column",
-        type=int | str | None,
-        default=None,
-        help="column with the text, by name or 0-based position (default: text/sentence/..., else the first)",
-    )
-    p.add_argument(
-        "--text_pair_column",
-        type=int | str | None,
-        default=None,
-        help="column with the second text, for models trained on pairs",
-    )
-    p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
-    p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
-    p.add_argument(
-        "--threshold",
-        type=float | None,
-        default=None,
-        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
-    )
-    p.add_argument(
-        "--precision",
-        type=Literal["fp32", "bf16", "int8"],
-        default="fp32",
-        help="fp32 (exact), bf16 (faster on GPUs and CPUs with AMX; slower on others)"
-        " or int8 (CPUs: faster, approximate)",
-    )
-    p.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        help="auto (the GPU if there is one, else the CPU; the CPU for int8), cpu, cuda, cuda:N or mps",
-    )
     p.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
-    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="processes on this machine that share --input (each predicts every N-th chunk of 4,096 texts; the first"
-        " writes --output in input order)",
-    )
-    p.add_argument(
-        "--num_nodes",
-        type=int,
-        default=1,
-        help="machines running --devices processes each, started by torchrun or SLURM",
-    )
-    add_long_text_options(p)
+    add_column_options(p)
+    add_model_options(p)
+    add_process_options(p, "--output in input order")
     config = parse(p, args)
     if config.threshold is not None:
         check_threshold(config.threshold)
@@ -235,18 +248,6 @@ def run_evaluate(args: list[str]) -> None:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--input", type=str, required=True, help="labelled file: .csv, .tsv, .jsonl or .parquet")
     p.add_argument(
-        "--text_column",
-        type=int | str | None,
-        default=None,
-        help="column with the text, by name or 0-based position (default: text/sentence/..., else the first)",
-    )
-    p.add_argument(
-        "--text_pair_column",
-        type=int | str | None,
-        default=None,
-        help="column with the second text, for models trained on pairs",
-    )
-    p.add_argument(
         "--label_column",
         type=int | str | None,
         default=None,
@@ -273,36 +274,9 @@ def run_evaluate(args: list[str]) -> None:
     )
     p.add_argument("--overwrite", type=bool, default=False, help="replace a non-empty --output_dir")
     p.add_argument("--top_errors", type=int, default=10, help="how many of the worst errors the report lists")
-    p.add_argument(
-        "--threshold",
-        type=float | None,
-        default=None,
-        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
-    )
-    p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
-    p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass")
-    p.add_argument(
-        "--precision",
-        type=Literal["fp32", "bf16", "int8"],
-        default="fp32",
-        help="fp32 (exact), bf16 or int8 (see lightbert predict --help)",
-    )
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="processes on this machine that share the file (each predicts every N-th chunk; the first "
-        "writes the report)",
-    )
-    p.add_argument(
-        "--num_nodes",
-        type=int,
-        default=1,
-        help="machines running --devices processes each, started by torchrun or SLURM",
-    )
-    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
-    add_long_text_options(p)
+    add_column_options(p)
+    add_model_options(p)
+    add_process_options(p, "the report")
     config = parse(p, args)
     if config.threshold is not None:
         check_threshold(config.threshold)
@@ -446,7 +420,6 @@ def run_serve(args: list[str]) -> None:
         help="127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 interface: reachable from the network) or ::",
     )
     p.add_argument("--port", type=int, default=8000, help="TCP port, 1024 to 65535")
-    p.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
     p.add_argument(
         "--max_batch_size",
         type=int,
@@ -467,20 +440,6 @@ def run_serve(args: list[str]) -> None:
         default=1,
         help="inference processes, each with its own copy of the model (and the CPU cores shared among them)",
     )
-    p.add_argument(
-        "--precision",
-        type=Literal["fp32", "bf16", "int8"],
-        default="fp32",
-        help="fp32 (exact), bf16 or int8 (see lightbert predict --help)",
-    )
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass (a batch's texts, all requests)")
-    p.add_argument(
-        "--threshold",
-        type=float | None,
-        default=None,
-        help="multi-label: probability from which a label is predicted (default: the model's, else 0.5)",
-    )
     p.add_argument("--max_texts", type=int, default=256, help="most texts one request may send (more: 413)")
     p.add_argument("--max_body_bytes", type=int, default=1_000_000, help="largest request body in bytes (larger: 413)")
     p.add_argument(
@@ -489,8 +448,7 @@ def run_serve(args: list[str]) -> None:
         default=30.0,
         help="seconds a request may wait for a worker before it is answered 504",
     )
-    p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
-    add_long_text_options(p)
+    add_model_options(p, "texts per forward pass (a batch's texts, all requests)")
     config = parse(p, args)
     serve(
         config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,

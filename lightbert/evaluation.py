@@ -392,9 +392,7 @@ def evaluate_file(
             yield chunk, records
 
     report = evaluate_records(classifier, predicted(), str(path), threshold, top_errors, label_delimiter)
-    report.data = {"path": str(path), "text_column": text_column, "label_column": label_column}
-    report.model = model_description(classifier)
-    return report
+    return _about_file(report, classifier, path, text_column, label_column)
 
 
 def evaluate_predictions(
@@ -419,7 +417,11 @@ def evaluate_predictions(
                 yield chunk, [json.loads(records.readline()) for _ in chunk[0]]
 
     report = evaluate_records(classifier, paired(), str(path), threshold, top_errors, label_delimiter)
-    report.data = {"path": str(path), "text_column": text_column, "label_column": label_column}
+    return _about_file(report, classifier, path, text_column, label_column)
+
+
+def _about_file(report: Report, classifier: Classifier, path: str | Path, text: Column, label: Column) -> Report:
+    report.data = {"path": str(path), "text_column": text, "label_column": label}
     report.model = model_description(classifier)
     return report
 
