@@ -261,16 +261,24 @@ def test_it_listens_on_127_0_0_1_only_by_default(server):
 
 
 def test_a_pair_model_answers_pairs_and_refuses_single_texts(pair_checkpoint):
+    import torch
+
     from lightbert import load
 
     expected = load(pair_checkpoint).predict(["good film", "bad film"], pairs=["the film", "a film"])
-    with ServerProcess(pair_checkpoint) as server:
-        refused = server.post({"text": "good film"})
-        answer = server.post({"texts": ["good film", "bad film"], "text_pairs": ["the film", "a film"]})
-        assert server.stop() == 0
-    assert refused.status == 422 and "trained on text pairs" in refused.body["error"]
-    assert answer.status == 200 and "score" in answer.body["predictions"][0]  # regression records
-    assert all(close(g, e) for g, e in zip(answer.body["predictions"], expected, strict=True))
+    settings = ServeSettings(str(pair_checkpoint), None, False, "cpu", "fp32", 64, None, 8, torch.get_num_threads())
+    api = ClassifierAPI(settings, paired=True, max_batch_size=8, batch_timeout=0.0)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        api.setup("cpu")
+    finally:
+        signal.signal(signal.SIGINT, previous)  # setup ignores Ctrl+C, as a worker process must
+    requests = [{"text": "good film"}, {"texts": ["good film", "bad film"], "text_pairs": ["the film", "a film"]}]
+    refused, answer = (api.encode_response(a) for a in api.predict([api.decode_request(r) for r in requests]))
+    assert refused.status_code == 422 and "trained on text pairs" in json.loads(refused.body)["error"]
+    predictions = json.loads(answer.body)["predictions"]
+    assert answer.status_code == 200 and "score" in predictions[0]  # regression records
+    assert all(close(g, e) for g, e in zip(predictions, expected, strict=True))
 
 
 # -- stopping and starting -------------------------------------------------------------------------------------------
