@@ -87,7 +87,7 @@ def resume_and_compare(base, files, killed_root: Path, tmp_path: Path, uninterru
     return step
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0])
 def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(
     seed, tiny_bert, run_files, tmp_path, uninterrupted
 ):
