@@ -126,10 +126,10 @@ def add_long_text_options(p: Any) -> None:
 
 
 def long_texts_of(config: Any) -> Any:
+    """The ``LongTexts`` of ``--long_texts``/``--stride``/``--combine_windows`` (checked against the model once it
+    is loaded)."""
     from lightbert.classifier import LongTexts
 
-    if config.stride is not None and config.stride < 0:
-        raise LightbertError(f"stride must be 0 or more, not {config.stride}", "pass --stride 32")
     return LongTexts(config.long_texts, config.stride, config.combine_windows)
 
 

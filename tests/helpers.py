@@ -385,6 +385,26 @@ def http(url: str, payload: Any = None, raw: bytes | None = None, timeout: float
         return Answer(status, content.decode())
 
 
+def serving_api(model: Path, paired: bool = False, long_texts: Any = None) -> Any:
+    """``lightbert serve``'s ``ClassifierAPI`` set up in this process (as in an inference worker): its
+    decode_request/predict/encode_response without starting a server."""
+    import signal
+
+    import torch
+
+    from lightbert.serve import ClassifierAPI, ServeSettings
+
+    threads = torch.get_num_threads()  # setup sets them: keep this session's
+    settings = ServeSettings(str(model), None, False, "cpu", "fp32", 64, None, 8, threads, long_texts)
+    api = ClassifierAPI(settings, paired=paired, max_batch_size=8, batch_timeout=0.0)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        api.setup("cpu")
+    finally:
+        signal.signal(signal.SIGINT, previous)  # setup ignores Ctrl+C, as a worker process must
+    return api
+
+
 class ServerProcess:
     """``lightbert serve MODEL ARGS`` as a real process on a free port of 127.0.0.1, in its own process group
     (as a terminal's job); ``url`` once it says it is ready. Killed on exit if a test left it running."""

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 
 import pytest
 import torch
-from helpers import assert_one_error_line, fit_args, read_jsonl, run_cli, sentiment_rows, write_csv
+from helpers import assert_one_error_line, fit_args, read_jsonl, run_cli, sentiment_rows, serving_api, write_csv
 
 from lightbert import load
 from lightbert.classifier import LongTexts
 from lightbert.errors import LightbertError
-from lightbert.serve import ClassifierAPI, ServeSettings
 
 LONG_TEXT = " ".join(f"good film number {i}, rather long" for i in range(40))  # ~240 tokens: beyond 64
 SHORT_TEXTS = ["a good film", "dull", "the best film of the year, truly"]
@@ -84,15 +82,7 @@ def test_a_stride_beyond_the_window_ends_predict_with_one_error_line(trained_che
 
 
 def test_the_server_answers_a_long_text_with_its_windows(trained_checkpoint, classifier):
-    settings = ServeSettings(
-        str(trained_checkpoint), None, False, "cpu", "fp32", 64, None, 8, torch.get_num_threads(), LongTexts("chunk")
-    )
-    api = ClassifierAPI(settings, paired=False, max_batch_size=8, batch_timeout=0.0)
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        api.setup("cpu")
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    api = serving_api(trained_checkpoint, long_texts=LongTexts("chunk"))
     answer = api.encode_response(api.predict([api.decode_request({"texts": [LONG_TEXT, "dull"]})])[0])
     got = json.loads(answer.body)["predictions"]
     expected = classifier.predict([LONG_TEXT, "dull"], long_texts="chunk")

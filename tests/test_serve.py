@@ -21,11 +21,12 @@ from helpers import (
     free_port,
     run_cli,
     sentiment_rows,
+    serving_api,
     train_checkpoint,
     write_csv,
 )
 
-from lightbert.serve import BadRequest, ClassifierAPI, QueueDrainingLoop, ServeSettings, parse_request
+from lightbert.serve import BadRequest, QueueDrainingLoop, parse_request
 
 LONG_TEXT = " ".join(["good film"] * 200)  # 400 words: longer than the models here read (128 tokens)
 
@@ -105,16 +106,7 @@ def test_a_pair_model_called_without_pairs_is_a_bad_request():
 
 
 def test_a_batch_answers_each_request_alone_even_with_a_bad_one_inside(trained_checkpoint, classifier):
-    import torch
-
-    threads = torch.get_num_threads()  # setup sets them: keep this session's
-    settings = ServeSettings(str(trained_checkpoint), None, False, "cpu", "fp32", 64, None, 8, threads)
-    api = ClassifierAPI(settings, paired=False, max_batch_size=8, batch_timeout=0.0)
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        api.setup("cpu")
-    finally:
-        signal.signal(signal.SIGINT, previous)  # setup ignores Ctrl+C, as a worker process must
+    api = serving_api(trained_checkpoint)
     requests = [api.decode_request(r) for r in ({"text": "good"}, {"texts": []}, {"texts": ["bad", LONG_TEXT]})]
     answers = [api.encode_response(a) for a in api.unbatch(api.predict(api.batch(requests)))]
     assert [a.status_code for a in answers] == [200, 422, 200]
@@ -261,18 +253,10 @@ def test_it_listens_on_127_0_0_1_only_by_default(server):
 
 
 def test_a_pair_model_answers_pairs_and_refuses_single_texts(pair_checkpoint):
-    import torch
-
     from lightbert import load
 
     expected = load(pair_checkpoint).predict(["good film", "bad film"], pairs=["the film", "a film"])
-    settings = ServeSettings(str(pair_checkpoint), None, False, "cpu", "fp32", 64, None, 8, torch.get_num_threads())
-    api = ClassifierAPI(settings, paired=True, max_batch_size=8, batch_timeout=0.0)
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        api.setup("cpu")
-    finally:
-        signal.signal(signal.SIGINT, previous)  # setup ignores Ctrl+C, as a worker process must
+    api = serving_api(pair_checkpoint, paired=True)
     requests = [{"text": "good film"}, {"texts": ["good film", "bad film"], "text_pairs": ["the film", "a film"]}]
     refused, answer = (api.encode_response(a) for a in api.predict([api.decode_request(r) for r in requests]))
     assert refused.status_code == 422 and "trained on text pairs" in json.loads(refused.body)["error"]
