@@ -133,6 +133,20 @@ def long_texts_of(config: Any) -> Any:
     return LongTexts(config.long_texts, config.stride, config.combine_windows)
 
 
+def open_classifier(config: Any, device: str | None = None) -> Any:
+    """The classifier of MODEL with the command's ``--base/--trust_checkpoint/--device/--precision`` and long-text
+    options; says in one line when bf16 will be slower than fp32 on this CPU (and carries on)."""
+    from lightbert.devices import slow_bf16_warning
+    from lightbert.loader import load
+
+    classifier = load(config.model, config.base, config.trust_checkpoint, device or config.device, config.precision)
+    classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
+    warning = slow_bf16_warning(classifier.device) if config.precision == "bf16" else None
+    if warning:
+        note(warning)
+    return classifier
+
+
 def parse(p: Any, args: list[str]) -> Any:
     """Parse ``args``, boolean options reading as flags too."""
     return p.parse_args(positionals_first(expand_flags(args, boolean_options(p._actions)), p._actions))
@@ -140,7 +154,6 @@ def parse(p: Any, args: list[str]) -> Any:
 
 def run_predict(args: list[str]) -> None:
     from lightbert.classifier import check_threshold
-    from lightbert.loader import load
     from lightbert.predict import check_output_file, write_predictions
     from lightbert.tables import count_rows, iter_text_chunks
 
@@ -179,8 +192,7 @@ def run_predict(args: list[str]) -> None:
         raise LightbertError("--devices and --num_nodes must be at least 1", "pass --devices 2")
     if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
         return predict_in_group(config, ["predict", *args])
-    classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
-    classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
+    classifier = open_classifier(config)
     if config.input:
         chunks = iter_text_chunks(config.input, config.text_column, config.text_pair_column, paired=classifier.paired)
         total = count_rows(config.input)
@@ -204,7 +216,6 @@ def run_predict(args: list[str]) -> None:
 def predict_in_group(config: Any, command: list[str]) -> None:
     """``lightbert predict --input FILE --output FILE`` shared by ``--devices x --num_nodes`` processes."""
     from lightbert.distributed import group
-    from lightbert.loader import load
     from lightbert.predict import write_predictions_in_group
 
     if not (config.input and config.output):
@@ -217,8 +228,7 @@ def predict_in_group(config: Any, command: list[str]) -> None:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
-        classifier = load(config.model, config.base, config.trust_checkpoint, device, config.precision)
-        classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
+        classifier = open_classifier(config, device)
         summary = write_predictions_in_group(
             processes, classifier, config.input, config.output, config.text_column, config.text_pair_column,
             config.batch_size, config.threshold, config.overwrite,
@@ -241,7 +251,6 @@ def torch_has_cuda() -> bool:
 def run_evaluate(args: list[str]) -> None:
     from lightbert.classifier import check_threshold
     from lightbert.evaluation import evaluate_file, write_report
-    from lightbert.loader import load
     from lightbert.tables import check_data_file, count_rows
 
     p = parser("evaluate", "Evaluate a model on a labelled file: numbers, confusion matrix, calibration, worst errors.")
@@ -294,8 +303,7 @@ def run_evaluate(args: list[str]) -> None:
     columns = (config.text_column, config.text_pair_column, config.label_column, config.label_delimiter, config.header)
     if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
         return evaluate_in_group(config, ["evaluate", *args], columns)
-    classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
-    classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
+    classifier = open_classifier(config)
     from tqdm import tqdm
 
     with tqdm(total=count_rows(config.input), unit="text", file=sys.stderr, disable=None, leave=False) as progress:
@@ -313,7 +321,6 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
 
     from lightbert.distributed import broadcast, group
     from lightbert.evaluation import evaluate_predictions, write_report
-    from lightbert.loader import load
     from lightbert.predict import write_predictions_in_group
 
     with group(command, config.devices, config.num_nodes) as processes:
@@ -321,8 +328,7 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
-        classifier = load(config.model, config.base, config.trust_checkpoint, config.device, config.precision)
-        classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
+        classifier = open_classifier(config)
         scratch = None
         if processes.is_first:
             scratch = tempfile.mkdtemp(prefix=".lightbert-evaluate-", dir=Path(config.output_dir).resolve().parent)
@@ -450,6 +456,12 @@ def run_serve(args: list[str]) -> None:
     )
     add_model_options(p, "texts per forward pass (a batch's texts, all requests)")
     config = parse(p, args)
+    if config.precision == "bf16":
+        from lightbert.devices import resolve_device, slow_bf16_warning
+
+        warning = slow_bf16_warning(resolve_device(config.device, "bf16"))
+        if warning:
+            note(warning)
     serve(
         config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,
         batch_timeout=config.batch_timeout, workers=config.workers, precision=config.precision, device=config.device,

@@ -22,6 +22,7 @@ from lightbert.batching import (
 )
 from lightbert.bundled import SST2_TRAIN, SST2_VALIDATION, default_base_model
 from lightbert.checkpoint import tokenizer_from_files
+from lightbert.defaults import SMALL_DATA, fitted_batch_size
 from lightbert.errors import LightbertError
 from lightbert.hf import (
     check_model_dir,
@@ -66,7 +67,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         label_delimiter: separator of several labels in one cell, for multi-label text files (default ',').
         header: whether CSV/TSV files have a header row; detected when not given.
         max_length: longest input in tokens; clamped to the model's position limit.
-        batch_size: texts per training batch.
+        batch_size: texts per training batch (default: fitted to the number of training examples, 16 below
+            10,000 and 32 from there; ``lightbert.defaults``).
         eval_batch_size: texts per validation/test batch (default: 2 x batch_size).
         val_fraction: share of the training file held out for validation when no validation file is given.
         seed: seed of the validation split and of the training order.
@@ -92,7 +94,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         label_delimiter: str | None = None,
         header: bool | None = None,
         max_length: int = 128,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
         seed: int = 42,
@@ -107,7 +109,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         if train is None:
             train, validation = str(SST2_TRAIN), validation or str(SST2_VALIDATION)
         check_task(task)
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --data.batch_size 32")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise LightbertError(
@@ -147,8 +149,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.header = header
         self.requested_max_length = max_length
         self.max_length = max_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.batch_size: int = batch_size  # type: ignore[assignment]  # None until setup fits it to the data
+        self.requested_eval_batch_size = eval_batch_size
+        self.eval_batch_size: int = eval_batch_size or 2 * (batch_size or fitted_batch_size(SMALL_DATA))
         self.val_fraction = val_fraction
         self.seed = seed
         self.num_workers = num_workers
@@ -266,6 +269,10 @@ class ClassificationDataModule(pl.LightningDataModule):
                 self.encoder.labels = base_labels
         self.task, self.labels = self.encoder.task, self.encoder.labels  # type: ignore[assignment]
         self.datasets["train"] = self._dataset(train, str(self.train_path))
+        if self.batch_size is None:
+            self.batch_size = fitted_batch_size(len(self.datasets["train"]))
+            self.eval_batch_size = self.requested_eval_batch_size or 2 * self.batch_size
+            self.hparams["batch_size"] = self.batch_size  # the checkpoint records the value used
         self.datasets["validation"] = self._dataset(validation, str(self.validation_path or self.train_path))
         if self.test_path is not None:
             self.datasets["test"] = self._dataset(self._read(self.test_path), str(self.test_path))

@@ -43,3 +43,22 @@ def resolve_device(device: str | torch.device = "auto", precision: str = "fp32")
     if precision == "int8" and resolved.type != "cpu":
         raise LightbertError(f"int8 runs on the CPU only, not on {name}", "use --precision bf16 or fp32 on a GPU")
     return resolved
+
+
+def has_bf16_arithmetic() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX). Without either, oneDNN
+    emulates bf16 and is several times slower than fp32. True where PyTorch cannot tell (no warning then)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    known = [check for check in checks if callable(check)]
+    return not known or any(check() for check in known)
+
+
+def slow_bf16_warning(device: str | torch.device) -> str | None:
+    """The one line to show when bf16 is asked for on a CPU without bf16 arithmetic (the run carries on), else
+    None."""
+    if torch.device(device).type != "cpu" or has_bf16_arithmetic():
+        return None
+    return (
+        "warning: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here;"
+        " carrying on (fp32 is the faster choice on this machine)"
+    )

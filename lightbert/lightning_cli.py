@@ -27,7 +27,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
 from lightbert.callbacks import TRIAL_ENVIRONMENT, Checkpointing, StopEarly, TrialReporter
 from lightbert.datamodule import ClassificationDataModule
-from lightbert.errors import LightbertError, Terminated, one_line
+from lightbert.defaults import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, fitted_epochs
+from lightbert.devices import slow_bf16_warning
+from lightbert.errors import LightbertError, Terminated, note, one_line
 from lightbert.labels import describe_class_weights
 from lightbert.model import SequenceClassifier, logged_metrics, not_resumable
 from lightbert.safety import check_writable_directory
@@ -106,7 +108,7 @@ class LightbertCLI(LightningCLI):
             args=args,
             seed_everything_default=42,
             # lightbert's samplers split the data across processes themselves (global batches, each row once).
-            trainer_defaults={"max_epochs": 2, "default_root_dir": "runs", "use_distributed_sampler": False},
+            trainer_defaults={"max_epochs": None, "default_root_dir": "runs", "use_distributed_sampler": False},
             parser_kwargs={"description": "lightbert: fine-tune BERT-family sequence classifiers."},
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,
@@ -117,6 +119,12 @@ class LightbertCLI(LightningCLI):
         return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        max_epochs = parser._option_string_actions.get("--trainer.max_epochs")
+        if max_epochs is not None:  # Lightning's help says its own default (1000), which lightbert replaces
+            max_epochs.help = (
+                "Stop training once this number of epochs is reached (default: fitted to the data, the fewest"
+                f" epochs from {MIN_EPOCHS} to {MAX_EPOCHS} that make {MIN_STEPS:,} optimizer steps)."
+            )
         if getattr(self, "_preparing", "fit") == "fit":  # checkpoints are written by training only
             parser.add_lightning_class_args(Checkpointing, "checkpoint")
             parser.set_defaults(
@@ -172,6 +180,8 @@ class LightbertCLI(LightningCLI):
             self.datamodule.use_checkpoint(checkpoint.section)
         self.datamodule.setup(self.subcommand)
         self.model.preflight(self.datamodule, checkpoint, str(self.subcommand))
+        if self.subcommand == "fit":
+            self._fit_settings_to_data()
         if self.subcommand == "fit" and self.model.loss_weights and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
             print(describe_class_weights(str(self.model.task), list(self.model.labels or []), self.model.loss_weights))
         self._check_monitor()
@@ -185,6 +195,30 @@ class LightbertCLI(LightningCLI):
                 check_writable_directory(dirpath, "checkpoint directory", create=False)
         with lightning_errors_as_ours(str(self.subcommand)):
             self.trainer = self.instantiate_trainer()
+
+    def _fit_settings_to_data(self) -> None:
+        """Fill the epochs, batch size and learning rate the user left unset with values fitted to the number of
+        training examples (``lightbert.defaults``), say which, and record them in the config that the run saves."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        examples = len(self.datamodule.datasets["train"])
+        fitted = {}
+        if self._get(self.config, "data.batch_size") is None:
+            fitted["data.batch_size"] = self.datamodule.batch_size
+        if self._get(self.config, "model.learning_rate") is None:
+            fitted["model.learning_rate"] = self.model.hparams["learning_rate"]
+        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1) and not trainer.get("max_time"):
+            devices = trainer.get("devices")
+            processes = (devices if isinstance(devices, int) and devices > 0 else 1) * (trainer.get("num_nodes") or 1)
+            accumulate = trainer.get("accumulate_grad_batches") or 1
+            epochs = fitted_epochs(examples, self.datamodule.batch_size, processes, accumulate)
+            trainer["max_epochs"] = fitted["trainer.max_epochs"] = epochs
+        if not fitted:
+            return
+        for key, value in fitted.items():
+            self.config[self.subcommand][key] = value
+        if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+            chosen = ", ".join(f"--{key} {value:g}" for key, value in fitted.items())
+            print(f"settings fitted to {examples:,} training examples: {chosen} (pass any of them to choose yourself)")
 
     def _check_evaluation_dir(self) -> None:
         directory = self._get(self.config, "evaluation_dir", default=None)
@@ -233,6 +267,10 @@ class LightbertCLI(LightningCLI):
                 default_loggers(config.get("default_root_dir") or "runs") if self.subcommand == "fit" else False
             )
         trainer = super().instantiate_trainer(**kwargs)
+        if str(trainer.precision).startswith("bf16"):
+            warning = slow_bf16_warning(trainer.strategy.root_device)
+            if warning:
+                note(warning)
         trial = os.environ.get(TRIAL_ENVIRONMENT)
         if trial and self.subcommand == "fit":  # a trial of lightbert tune: report to its study
             trainer.callbacks.append(TrialReporter(**json.loads(trial)))  # type: ignore[attr-defined]

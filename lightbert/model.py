@@ -33,6 +33,7 @@ from lightbert.checkpoint import (
     tokenizer_from_files,
 )
 from lightbert.classifier import Classifier
+from lightbert.defaults import SMALL_DATA, fitted_learning_rate
 from lightbert.errors import LightbertError
 from lightbert.fastpath import (
     use_cpu_dropout,
@@ -143,7 +144,8 @@ class SequenceClassifier(pl.LightningModule):
             lightbert checkpoint (its weights, labels and tokenizer, to fine-tune further with a fresh optimizer and
             schedule), or a recipe checkpoint (its config and tokenizer from recipe_base, or from a hyper-parameter
             naming a local model directory).
-        learning_rate: peak learning rate of AdamW.
+        learning_rate: peak learning rate of AdamW (default: fitted to the number of training examples, 8e-5
+            below 10,000 and 5e-5 from there; ``lightbert.defaults``).
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: share of the optimizer steps spent warming the learning rate up linearly from 0.
         warmup_steps: number of warmup steps; overrides warmup_ratio when given.
@@ -163,7 +165,7 @@ class SequenceClassifier(pl.LightningModule):
     def __init__(
         self,
         base: str | None = None,
-        learning_rate: float = 5e-5,
+        learning_rate: float | None = None,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         warmup_steps: int | None = None,
@@ -175,7 +177,7 @@ class SequenceClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if learning_rate <= 0:
+        if learning_rate is not None and learning_rate <= 0:
             raise LightbertError(
                 f"learning_rate must be positive, not {learning_rate}", "pass --model.learning_rate 5e-5"
             )
@@ -247,6 +249,9 @@ class SequenceClassifier(pl.LightningModule):
             )
         self.task, self.labels = datamodule.task, datamodule.labels
         self.tokenizer = datamodule.tokenizer
+        train = getattr(datamodule, "datasets", {}).get("train")
+        if self.hparams["learning_rate"] is None:  # the checkpoint records the value used
+            self.hparams["learning_rate"] = fitted_learning_rate(len(train) if train is not None else SMALL_DATA)
         self.data_settings = datamodule.settings()
         if self.hparams["tune_thresholds"] and self.task != "multi_label":
             raise LightbertError(
@@ -255,7 +260,6 @@ class SequenceClassifier(pl.LightningModule):
             )
         spec = self.hparams["class_weights"]
         if spec is not None and self.loss_weights is None:
-            train = getattr(datamodule, "datasets", {}).get("train")
             targets = train.targets if train is not None else None
             self.loss_weights = class_weights(spec, self.task, list(self.labels or []), targets)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from helpers import assert_one_error_line, fit_args, run_cli, run_process, sentiment_rows, write_csv
+from helpers import assert_one_error_line, fit_args, read_jsonl, run_cli, run_process, sentiment_rows, write_csv
 
 from lightbert.cli import main
 
@@ -91,7 +91,9 @@ def test_print_config_prints_yaml_with_our_defaults(capsys):
         main(["fit", "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["checkpoint"]["monitor"] == "val_loss" and config["checkpoint"]["save_last"] is True
-    assert config["data"]["batch_size"] == 32 and config["trainer"]["max_epochs"] == 2
+    # Unset means fitted to the training data at the start of fit (tests/test_defaults.py).
+    assert config["data"]["batch_size"] is None and config["trainer"]["max_epochs"] is None
+    assert config["model"]["learning_rate"] is None
 
 
 @pytest.mark.parametrize(
@@ -133,3 +135,26 @@ def test_an_explicit_task_trains_and_the_checkpoint_says_the_task_once(tiny_bert
     checkpoint = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert "task" not in checkpoint["hyper_parameters"] and "task" not in checkpoint["lightbert"]["data"]
     assert checkpoint["datamodule_hyper_parameters"]["task"] == checkpoint["lightbert"]["task"] == "regression"
+
+
+@pytest.mark.parametrize("cpu_has_bf16", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def test_predict_in_bf16_says_in_one_line_when_this_cpu_makes_it_slower_and_carries_on(
+    trained_checkpoint, monkeypatch, cpu_has_bf16
+):
+    monkeypatch.setattr("lightbert.devices.has_bf16_arithmetic", lambda: cpu_has_bf16)
+    result = run_cli("predict", trained_checkpoint, "a fine film", "--precision", "bf16", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert len(read_jsonl(result.out)) == 1
+    warnings = [line for line in result.err_lines if line.startswith("warning:")]
+    assert len(warnings) == (0 if cpu_has_bf16 else 1)
+    assert all("bf16" in line and "slower than fp32" in line for line in warnings)
+
+
+def test_fit_in_bf16_mixed_says_in_one_line_when_this_cpu_makes_it_slower_and_trains(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("lightbert.devices.has_bf16_arithmetic", lambda: False)
+    result = run_cli(*fit_args(tiny_bert, *sentiment_files, tmp_path, "--trainer.precision=bf16-mixed"))
+    assert result.code == 0, result.err
+    assert sum(line.startswith("warning: this CPU has no bf16") for line in result.err_lines) == 1
+    assert list(tmp_path.rglob("last.ckpt"))
