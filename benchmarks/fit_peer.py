@@ -46,8 +46,47 @@ def accuracy(model: Any, tokenizer: Any, val: list[tuple[str, int]]) -> float:
     return correct / len(val)
 
 
+def trainer_arguments(output_dir: str, **options: Any) -> Any:
+    """The HF Trainer's arguments at its best CPU settings (``options`` override): batch 32, AdamW lr 5e-5, 10%
+    warm-up then linear decay, length-grouped batches, one epoch, nothing saved or reported."""
+    from transformers import TrainingArguments
+
+    settings = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=32,
+        learning_rate=5e-5,
+        num_train_epochs=1,
+        train_sampling_strategy="group_by_length",
+        save_strategy="no",
+        report_to=[],
+        logging_steps=50,
+        seed=0,
+        warmup_steps=0.1,
+        weight_decay=0.01,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return TrainingArguments(**(settings | options))
+
+
+def lightning_trainer(**options: Any) -> Any:
+    """A Lightning Trainer as the benchmarks time lightbert: no logger, checkpoints, progress bar or validation."""
+    import lightning.pytorch as pl
+
+    settings = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**(settings | options))
+
+
 def run_trainer(peer: str, base: str, train: list[tuple[str, int]], out: str, accelerator: str) -> tuple[float, Any]:
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     pad128, grouped = peer == "trainer-pad128", peer in ("trainer-best", "trainer-best-bf16")
@@ -63,22 +102,11 @@ def run_trainer(peer: str, base: str, train: list[tuple[str, int]], out: str, ac
         for i in range(len(train))
     ]
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2, dtype=torch.float32)
-    args = TrainingArguments(
-        output_dir=out + ".trainer",
-        per_device_train_batch_size=32,
-        learning_rate=5e-5,
-        num_train_epochs=1,
+    args = trainer_arguments(
+        out + ".trainer",
         train_sampling_strategy="group_by_length" if grouped else "random",
-        save_strategy="no",
-        report_to=[],
-        logging_steps=50,
-        seed=0,
-        warmup_steps=0.1,
-        weight_decay=0.01,
         use_cpu=accelerator == "cpu",
         bf16=peer.endswith("-bf16"),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
@@ -129,7 +157,6 @@ def run_lightning_recipe(base: str, train: list[tuple[str, int]], accelerator: s
 
 
 def run_lightbert(peer: str, train: list[tuple[str, int]], accelerator: str) -> tuple[float, Any, Any]:
-    import lightning.pytorch as pl
 
     from lightbert.datamodule import ClassificationDataModule
     from lightbert.model import SequenceClassifier
@@ -138,17 +165,11 @@ def run_lightbert(peer: str, train: list[tuple[str, int]], accelerator: str) -> 
     path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in train), encoding="utf-8")
     data = ClassificationDataModule(train=str(path), validation=str(path), batch_size=32, max_length=128)
     module = SequenceClassifier(learning_rate=5e-5)
-    trainer = pl.Trainer(
+    trainer = lightning_trainer(
         max_epochs=1,
         accelerator=accelerator,
         devices=1,
         precision="bf16-mixed" if peer.endswith("-bf16") else "32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
     )
     data.setup("fit")
     module.preflight(data)

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from fit_peer import lightning_trainer
 from measure import machine
 
 from lightbert.datamodule import ClassificationDataModule
@@ -80,17 +81,7 @@ def main() -> None:
     data = ClassificationDataModule(train=train, validation=train, batch_size=args.batch_size, max_length=128)
     module = SequenceClassifier()
     profile = ProfileSteps(args.warmup, args.steps)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        precision=args.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[profile],
-    )
+    trainer = lightning_trainer(max_epochs=1, precision=args.precision, callbacks=[profile])
     trainer.fit(module, data)
     assert profile.profiler is not None, "the run ended before the profiled steps (raise --rows)"
     averages = profile.profiler.key_averages()

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fit_peer import lightning_trainer, trainer_arguments
 from measure import machine, run_child
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -124,7 +125,6 @@ def run_trainer(args: argparse.Namespace, train: list[tuple[str, int]], checks: 
         DataCollatorWithPadding,
         Trainer,
         TrainerCallback,
-        TrainingArguments,
     )
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -142,22 +142,7 @@ def run_trainer(args: argparse.Namespace, train: list[tuple[str, int]], checks: 
             if checks.after_step(samples, model, final) or final:
                 control.should_training_stop = True
 
-    training_args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=32,
-        learning_rate=5e-5,
-        num_train_epochs=args.trainer_epochs,
-        train_sampling_strategy="group_by_length",
-        save_strategy="no",
-        report_to=[],
-        logging_steps=100,
-        seed=0,
-        warmup_steps=0.1,
-        weight_decay=0.01,
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    training_args = trainer_arguments(tempfile.mkdtemp(), num_train_epochs=args.trainer_epochs, logging_steps=100)
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Check()])  # fmt: skip
     trainer.train()
@@ -207,17 +192,7 @@ def run_lightbert(args: argparse.Namespace, peer: str, train: list[tuple[str, in
             if checks.after_step(self.samples, module.model, final):
                 trainer.should_stop = True
 
-    trainer = pl.Trainer(
-        max_epochs=settings["epochs"],
-        precision=settings["precision"],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[Check()],
-    )
+    trainer = lightning_trainer(max_epochs=settings["epochs"], precision=settings["precision"], callbacks=[Check()])
     pl.seed_everything(42, verbose=False)
     trainer.fit(module, data)
     return settings
