@@ -3,12 +3,35 @@ options that read as flags (``--overwrite``) as well as with a value (``--overwr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, get_args
 
 from lightbert.errors import LightbertError, one_line
 
 BOOLEAN_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+# jsonargparse's message for a value that fits none of an option's types (``int | None``, ...), in one capture.
+UNION_MISMATCH = re.compile(
+    r"Does not validate against any of the Union subtypes Subtypes: \[(?P<types>.*?)\] Errors: .*"
+    r"Given value: (?P<value>.*)$"
+)
+
+
+def _type_name(text: str) -> str:
+    name = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text.strip())
+    name = re.sub(r"^typing\.Literal\[(.*)\]$", r"one of \1", name)
+    return "null" if name == "NoneType" else name
+
+
+def readable(message: str) -> str:
+    """A parse error in one line, a value that fits none of an option's types said as ``expected int or null, got
+    'many'`` instead of jsonargparse's listing of each type's own error."""
+    message = one_line(message)
+    match = UNION_MISMATCH.search(message)
+    if not match:
+        return message
+    types = " or ".join(_type_name(t) for t in re.split(r",\s*(?=<class|typing)", match["types"]))
+    return f"{message[: match.start()]}expected {types}, got {match['value'].strip()!r}"
 
 
 class OneLineErrors:
@@ -17,7 +40,7 @@ class OneLineErrors:
     def error(self, message: str, ex: Exception | None = None) -> Any:
         prog = getattr(self, "prog", None)
         command = prog.split()[-1] if prog else "lightbert"
-        raise LightbertError(one_line(message), f"run 'lightbert {command} --help' for the options")
+        raise LightbertError(readable(message), f"run 'lightbert {command} --help' for the options")
 
 
 def boolean_options(actions: Iterable[Any]) -> set[str]:

@@ -136,14 +136,13 @@ def long_texts_of(config: Any) -> Any:
 def open_classifier(config: Any, device: str | None = None) -> Any:
     """The classifier of MODEL with the command's ``--base/--trust_checkpoint/--device/--precision`` and long-text
     options; says in one line when bf16 will be slower than fp32 on this CPU (and carries on)."""
-    from lightbert.devices import slow_bf16_warning
+    from lightbert.devices import warn_if_bf16_is_slow
     from lightbert.loader import load
 
     classifier = load(config.model, config.base, config.trust_checkpoint, device or config.device, config.precision)
     classifier.read_long_texts(config.long_texts, config.stride, config.combine_windows)
-    warning = slow_bf16_warning(classifier.device) if config.precision == "bf16" else None
-    if warning:
-        note(warning)
+    if config.precision == "bf16":
+        warn_if_bf16_is_slow(classifier.device)
     return classifier
 
 
@@ -457,11 +456,9 @@ def run_serve(args: list[str]) -> None:
     add_model_options(p, "texts per forward pass (a batch's texts, all requests)")
     config = parse(p, args)
     if config.precision == "bf16":
-        from lightbert.devices import resolve_device, slow_bf16_warning
+        from lightbert.devices import resolve_device, warn_if_bf16_is_slow
 
-        warning = slow_bf16_warning(resolve_device(config.device, "bf16"))
-        if warning:
-            note(warning)
+        warn_if_bf16_is_slow(resolve_device(config.device, "bf16"))
     serve(
         config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,
         batch_timeout=config.batch_timeout, workers=config.workers, precision=config.precision, device=config.device,

@@ -151,7 +151,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.max_length = max_length
         self.batch_size: int = batch_size  # type: ignore[assignment]  # None until setup fits it to the data
         self.requested_eval_batch_size = eval_batch_size
-        self.eval_batch_size: int = eval_batch_size or 2 * (batch_size or fitted_batch_size(SMALL_DATA))
         self.val_fraction = val_fraction
         self.seed = seed
         self.num_workers = num_workers
@@ -166,6 +165,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_sampler: LengthGroupedSampler | None = None
         self._resume_state: dict[str, int] | None = None
         self._checkpoint_labels = False
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Texts per validation/test batch: as given, else twice the training batch (or 64 before it is fitted)."""
+        return self.requested_eval_batch_size or 2 * (self.batch_size or fitted_batch_size(SMALL_DATA))
 
     def use_checkpoint(self, section: dict[str, Any]) -> None:
         """Read data for a lightbert checkpoint (its lightbert section) that is resumed or evaluated: its tokenizer,
@@ -271,7 +275,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.datasets["train"] = self._dataset(train, str(self.train_path))
         if self.batch_size is None:
             self.batch_size = fitted_batch_size(len(self.datasets["train"]))
-            self.eval_batch_size = self.requested_eval_batch_size or 2 * self.batch_size
             self.hparams["batch_size"] = self.batch_size  # the checkpoint records the value used
         self.datasets["validation"] = self._dataset(validation, str(self.validation_path or self.train_path))
         if self.test_path is not None:

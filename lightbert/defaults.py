@@ -1,8 +1,8 @@
 """Training settings fitted to the data when the user leaves them unset.
 
 Fixed defaults undertrain small data: two epochs of batch 32 over 4,249 STS-B pairs are 266 optimizer steps, too few
-for the head and the encoder to settle (see README, "Defaults fitted to the data", for the measurements behind the
-values here). So ``lightbert fit`` chooses, from the number of training examples, whatever the user did not set:
+for the head and the encoder to settle (README, "Training settings fitted to the data", has the measurements behind
+the values here). So ``lightbert fit`` chooses, from the number of training examples, whatever the user did not set:
 
 - batch size: 16 below ``SMALL_DATA`` training examples (more, smaller steps), else 32;
 - learning rate: 8e-5 below ``SMALL_DATA`` examples, else 5e-5;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, note
 
 
 def resolve_device(device: str | torch.device = "auto", precision: str = "fp32") -> torch.device:
@@ -53,12 +53,11 @@ def has_bf16_arithmetic() -> bool:
     return not known or any(check() for check in known)
 
 
-def slow_bf16_warning(device: str | torch.device) -> str | None:
-    """The one line to show when bf16 is asked for on a CPU without bf16 arithmetic (the run carries on), else
-    None."""
-    if torch.device(device).type != "cpu" or has_bf16_arithmetic():
-        return None
-    return (
-        "warning: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here;"
-        " carrying on (fp32 is the faster choice on this machine)"
-    )
+def warn_if_bf16_is_slow(device: str | torch.device) -> None:
+    """Say in one line (first process only) that bf16 on ``device`` runs slower than fp32, when it is a CPU without
+    bf16 arithmetic; the run carries on."""
+    if torch.device(device).type == "cpu" and not has_bf16_arithmetic():
+        note(
+            "warning: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here;"
+            " carrying on (fp32 is the faster choice on this machine)"
+        )

@@ -28,8 +28,8 @@ from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
 from lightbert.callbacks import TRIAL_ENVIRONMENT, Checkpointing, StopEarly, TrialReporter
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.defaults import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, fitted_epochs
-from lightbert.devices import slow_bf16_warning
-from lightbert.errors import LightbertError, Terminated, note, one_line
+from lightbert.devices import warn_if_bf16_is_slow
+from lightbert.errors import LightbertError, Terminated, one_line
 from lightbert.labels import describe_class_weights
 from lightbert.model import SequenceClassifier, logged_metrics, not_resumable
 from lightbert.safety import check_writable_directory
@@ -268,9 +268,7 @@ class LightbertCLI(LightningCLI):
             )
         trainer = super().instantiate_trainer(**kwargs)
         if str(trainer.precision).startswith("bf16"):
-            warning = slow_bf16_warning(trainer.strategy.root_device)
-            if warning:
-                note(warning)
+            warn_if_bf16_is_slow(trainer.strategy.root_device)
         trial = os.environ.get(TRIAL_ENVIRONMENT)
         if trial and self.subcommand == "fit":  # a trial of lightbert tune: report to its study
             trainer.callbacks.append(TrialReporter(**json.loads(trial)))  # type: ignore[attr-defined]

@@ -454,7 +454,6 @@ def serve(
     """Serve ``model`` (anything ``lightbert.load`` takes) on ``http://host:port`` until SIGTERM or Ctrl+C:
     ``POST /predict``, ``GET /health``, ``GET /info`` and a page at ``/``. ``on_ready(url)`` is called once the
     model answers (default: print the address)."""
-
     from lightbert.classifier import check_precision, check_threshold
     from lightbert.loader import load
 

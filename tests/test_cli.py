@@ -158,3 +158,14 @@ def test_fit_in_bf16_mixed_says_in_one_line_when_this_cpu_makes_it_slower_and_tr
     assert result.code == 0, result.err
     assert sum(line.startswith("warning: this CPU has no bf16") for line in result.err_lines) == 1
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("--data.batch_size=many", "expected int or null, got 'many'"),
+        ("--model.learning_rate=fast", "expected float or null, got 'fast'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_says_which_types_the_option_takes(option, expected):
+    assert_one_error_line(run_cli("fit", option), f'"{option[2:].split("=")[0]}": {expected}', "lightbert fit --help")
