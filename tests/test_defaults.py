@@ -89,3 +89,15 @@ def test_max_steps_given_means_no_fitted_epochs(tiny_bert, small_files, tmp_path
     assert "settings fitted to" not in result.out
     checkpoint = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 32), (5, 5)])
+def test_validation_batches_are_twice_the_fitted_training_batch_unless_given(tiny_bert, small_files, given, expected):
+    from lightbert.datamodule import ClassificationDataModule
+
+    train, val = small_files
+    data = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(tiny_bert),
+                                    eval_batch_size=given)  # fmt: skip
+    data.setup("fit")
+    assert data.batch_size == 16 and data.eval_batch_size == expected
+    assert len(next(iter(data.val_dataloader()))["labels"]) == min(expected, 8)  # 8 validation rows
