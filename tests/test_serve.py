@@ -274,20 +274,28 @@ def in_flight_then(server: ServerProcess, stop) -> tuple[list, int, float]:
     and how long the server took to exit. Requests sent around or after the signal may be refused."""
     signalled = threading.Event()
     sent: list = []  # (sent at, answered at, answer or None)
+    waiting: dict[int, float] = {}  # client -> when its unanswered request was sent
 
     def client(i: int) -> None:
         while not signalled.is_set():
-            began = time.monotonic()
+            began = waiting[i] = time.monotonic()
             try:
                 answer = server.post({"texts": [f"good film {i}"] + [LONG_TEXT] * 31})
             except OSError:
                 answer = None
+            waiting.pop(i, None)
             sent.append((began, time.monotonic(), answer))
 
     clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for thread in clients:
         thread.start()
-    time.sleep(1.0)
+    # Under load, not after a fixed time: once requests have been answered and one has waited a while (so that a
+    # slow machine cannot signal before any request is in flight).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        sent and any(began < time.monotonic() - 0.2 for began in list(waiting.values()))
+    ):
+        time.sleep(0.05)
     signal_at = time.monotonic()
     signalled.set()
     code = stop()
