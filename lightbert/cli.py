@@ -442,8 +442,9 @@ def run_serve(args: list[str]) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="inference processes, each with its own copy of the model (and the CPU cores shared among them)",
+        default=None,
+        help="inference processes, each with its own copy of the model; on a CPU each runs its batches on its share"
+        " of the cores, and a lone request on all of them (default: 2 on a CPU with 2 cores or more, else 1)",
     )
     p.add_argument("--max_texts", type=int, default=256, help="most texts one request may send (more: 413)")
     p.add_argument("--max_body_bytes", type=int, default=1_000_000, help="largest request body in bytes (larger: 413)")

@@ -385,17 +385,21 @@ def http(url: str, payload: Any = None, raw: bytes | None = None, timeout: float
         return Answer(status, content.decode())
 
 
-def serving_api(model: Path, paired: bool = False, long_texts: Any = None) -> Any:
+def serving_api(
+    model: Path, paired: bool = False, long_texts: Any = None, threads: int | None = None, lone_threads: int | None = None
+) -> Any:
     """``lightbert serve``'s ``ClassifierAPI`` set up in this process (as in an inference worker): its
-    decode_request/predict/encode_response without starting a server."""
+    decode_request/predict/encode_response without starting a server. ``threads``/``lone_threads``: a worker's
+    share of the cores and all of them (default: this session's threads, which setup and predict set)."""
     import signal
 
     import torch
 
     from lightbert.serve import ClassifierAPI, ServeSettings
 
-    threads = torch.get_num_threads()  # setup sets them: keep this session's
-    settings = ServeSettings(str(model), None, False, "cpu", "fp32", 64, None, 8, threads, long_texts)
+    session = torch.get_num_threads()
+    share, every = threads or session, lone_threads or session
+    settings = ServeSettings(str(model), None, False, "cpu", "fp32", 64, None, 8, share, every, long_texts)
     api = ClassifierAPI(settings, paired=paired, max_batch_size=8, batch_timeout=0.0)
     previous = signal.getsignal(signal.SIGINT)
     try:

@@ -26,7 +26,7 @@ from helpers import (
     write_csv,
 )
 
-from lightbert.serve import BadRequest, QueueDrainingLoop, parse_request
+from lightbert.serve import BadRequest, QueueDrainingLoop, default_workers, parse_request
 
 LONG_TEXT = " ".join(["good film"] * 200)  # 400 words: longer than the models here read (128 tokens)
 
@@ -115,6 +115,40 @@ def test_a_batch_answers_each_request_alone_even_with_a_bad_one_inside(trained_c
     got = json.loads(answers[2].body)["predictions"]
     assert all(close(g, e) for g, e in zip(got, expected, strict=True)) and got[1]["truncated"] is True
     assert "error" in json.loads(answers[1].body)
+
+
+# -- workers and their threads -----------------------------------------------------------------------------------------
+
+
+def test_a_cpu_with_two_cores_or_more_gets_two_workers_by_default_an_accelerator_one():
+    assert default_workers("cpu", 2) == 2 and default_workers("cpu", 16) == 2
+    assert default_workers("cpu", 1) == 1 and default_workers("cuda", 8) == 1
+
+
+@pytest.fixture
+def thread_counts(monkeypatch) -> list[int]:
+    """The thread counts ``predict`` sets, in order (none really set: the session keeps its own)."""
+    import torch
+
+    counts: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    return counts
+
+
+def test_a_lone_request_runs_on_every_core_and_a_batch_on_the_workers_share(trained_checkpoint, thread_counts):
+    api = serving_api(trained_checkpoint, threads=1, lone_threads=2)
+    thread_counts.clear()  # setup's
+    api.predict([api.decode_request({"text": "good"})])
+    api.predict([api.decode_request({"text": "good"}), api.decode_request({"text": "bad"})])
+    assert thread_counts == [2, 1] and api.running.value == 0
+
+
+def test_a_lone_request_while_another_worker_runs_keeps_to_the_workers_share(trained_checkpoint, thread_counts):
+    api = serving_api(trained_checkpoint, threads=1, lone_threads=2)
+    thread_counts.clear()
+    api.running.value = 1  # the other worker, mid-batch
+    api.predict([api.decode_request({"text": "good"})])
+    assert thread_counts == [1] and api.running.value == 1
 
 
 # -- batches -----------------------------------------------------------------------------------------------------------
