@@ -386,7 +386,11 @@ def http(url: str, payload: Any = None, raw: bytes | None = None, timeout: float
 
 
 def serving_api(
-    model: Path, paired: bool = False, long_texts: Any = None, threads: int | None = None, lone_threads: int | None = None
+    model: Path,
+    paired: bool = False,
+    long_texts: Any = None,
+    threads: int | None = None,
+    lone_threads: int | None = None,
 ) -> Any:
     """``lightbert serve``'s ``ClassifierAPI`` set up in this process (as in an inference worker): its
     decode_request/predict/encode_response without starting a server. ``threads``/``lone_threads``: a worker's
