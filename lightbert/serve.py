@@ -302,8 +302,9 @@ class ClassifierAPI(litserve.LitAPI):
         # A lone request while no other worker runs has every core (its latency is the pass's); batches, under
         # load, run on the worker's share: one team of threads per core pair or core, not two teams fighting over
         # the cores (a thread pre-empted by another process stalls its whole team at every barrier).
-        lone = alone and len(requests) == 1
-        torch.set_num_threads(self.settings.lone_threads if lone else self.settings.threads)
+        threads = self.settings.lone_threads if alone and len(requests) == 1 else self.settings.threads
+        if threads != torch.get_num_threads():  # setting them resizes thread pools: only when they change
+            torch.set_num_threads(threads)
         try:
             return self._predict(requests)
         finally:

@@ -131,7 +131,13 @@ def thread_counts(monkeypatch) -> list[int]:
     import torch
 
     counts: list[int] = []
-    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+
+    def set_num_threads(n: int) -> None:
+        counts.append(n)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: n)
+
+    monkeypatch.setattr(torch, "set_num_threads", set_num_threads)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 0)
     return counts
 
 
@@ -146,9 +152,10 @@ def test_a_lone_request_runs_on_every_core_and_a_batch_on_the_workers_share(trai
 def test_a_lone_request_while_another_worker_runs_keeps_to_the_workers_share(trained_checkpoint, thread_counts):
     api = serving_api(trained_checkpoint, threads=1, lone_threads=2)
     thread_counts.clear()
+    api.predict([api.decode_request({"text": "good"})])  # alone: every core
     api.running.value = 1  # the other worker, mid-batch
     api.predict([api.decode_request({"text": "good"})])
-    assert thread_counts == [1] and api.running.value == 1
+    assert thread_counts == [2, 1] and api.running.value == 1
 
 
 # -- batches -----------------------------------------------------------------------------------------------------------
@@ -354,7 +361,7 @@ def no_process_left(server: ServerProcess, wait: float = 5.0) -> bool:
 
 
 def test_sigterm_answers_the_requests_in_flight_and_exits_0(trained_checkpoint):
-    with ServerProcess(trained_checkpoint) as server:
+    with ServerProcess(trained_checkpoint, "--workers=1") as server:
         answers, code, elapsed = in_flight_then(server, server.stop)
     assert code == 0, server.err
     assert answers and all(a is not None and a.status == 200 for a in answers)

@@ -75,13 +75,14 @@ def test_the_median_pruner_stops_a_trial_that_is_clearly_worse(fit_config, tmp_p
     directory.mkdir(parents=True)
     storage = f"sqlite:///{directory / 'study.db'}"
     study = optuna.create_study(study_name="prune", storage=storage, direction="minimize")
-    for learning_rate in (1e-5, 1e-5, 1.0):  # two sane trials, then one whose loss blows up
+    for learning_rate in (1e-5, 1.0):  # a sane trial, then one whose loss blows up
         study.enqueue_trial({"model.learning_rate": learning_rate})
-    result = run_cli(*tune_args(fit_config, space, tmp_path, "--n_trials=3", "--metric=val_loss"))
+    options = ("--n_trials=2", "--metric=val_loss", "--pruner_startup_trials=1")
+    result = run_cli(*tune_args(fit_config, space, tmp_path, *options))
     assert result.code == 0, result.err
     states = [t.state for t in study_of(tmp_path, "prune").get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
-    assert "trial 2 pruned after 1 validation(s)" in result.out
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert "trial 1 pruned after 1 validation(s)" in result.out
 
 
 def test_a_killed_tune_continues_the_same_study_when_run_again(fit_config, tmp_path):
