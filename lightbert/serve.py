@@ -251,14 +251,12 @@ class ClassifierAPI(litserve.LitAPI):
     """LitServe's ``LitAPI`` for a lightbert classifier: a batch of requests becomes one ``Classifier.infer`` over
     all their texts (sorted by length, padded per forward pass), split back into one answer per request."""
 
-    def __init__(
-        self, settings: ServeSettings, paired: bool, max_batch_size: int, batch_timeout: float, running: Any = None
-    ) -> None:
+    def __init__(self, settings: ServeSettings, paired: bool, max_batch_size: int, batch_timeout: float) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=QueueDrainingLoop())
         self.settings = settings
         self.paired = paired
-        # How many workers are running a batch (a counter shared by every worker; None: this worker alone).
-        self.running = running if running is not None else multiprocessing.get_context("spawn").Value("i", 0)
+        # How many workers are running a batch: shared memory, inherited by every worker spawned with this object.
+        self.running = multiprocessing.get_context("spawn").Value("i", 0)
         self.classifier: Any = None
 
     def setup(self, device: str) -> None:
@@ -503,12 +501,12 @@ def serve(
     from lightbert.devices import resolve_device
     from lightbert.loader import load
 
+    check_precision(precision)
     cores = os.cpu_count() or 1
     if workers is None:
         workers = default_workers(resolve_device(device, precision).type, cores)
     bind = check_options(host, port, max_batch_size, batch_timeout, workers, batch_size, max_texts, max_body_bytes,
                          timeout)  # fmt: skip
-    check_precision(precision)
     if threshold is not None:
         check_threshold(threshold)
     check_port_free(bind, port)
