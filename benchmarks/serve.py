@@ -36,6 +36,9 @@ HERE = Path(__file__).resolve().parent
 PEER_NAMES = {"fastapi": "FastAPI + pipeline", "litserve": "LitServe + pipeline"}
 
 
+PSS_EVERY_SECONDS = 5.0  # how often each server's memory is sampled
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -107,7 +110,9 @@ class Server:
         started = time.monotonic()
 
         def sample() -> None:
-            while not self._sampling.wait(1.0):  # reading PSS costs ~30 ms of CPU: not too often
+            # Reading a process's PSS costs ~16 ms of kernel time on one of the cores the server's threads use (a
+            # multi-process server pays it per process): every second, it lengthened lightbert's tail latencies.
+            while not self._sampling.wait(PSS_EVERY_SECONDS):
                 self.memory.append((time.monotonic() - started, tree_pss_mib(self.process.pid)))
 
         threading.Thread(target=sample, daemon=True).start()
