@@ -456,10 +456,6 @@ def run_serve(args: list[str]) -> None:
     )
     add_model_options(p, "texts per forward pass (a batch's texts, all requests)")
     config = parse(p, args)
-    if config.precision == "bf16":
-        from lightbert.devices import resolve_device, warn_if_bf16_is_slow
-
-        warn_if_bf16_is_slow(resolve_device(config.device, "bf16"))
     serve(
         config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,
         batch_timeout=config.batch_timeout, workers=config.workers, precision=config.precision, device=config.device,

@@ -402,14 +402,13 @@ def _threshold_shown(classifier: Any, threshold: float | None) -> float | dict[s
     return threshold if threshold is not None else (classifier.thresholds or 0.5)
 
 
-def model_metadata(classifier: Any, model: str, device: str, precision: str, threshold: float | None) -> dict[str, Any]:
+def model_metadata(classifier: Any, model: str, device: Any, precision: str, threshold: float | None) -> dict[str, Any]:
     """What ``GET /info`` says of the model."""
     import litserve
     import torch
     import transformers
 
     from lightbert import __version__
-    from lightbert.devices import resolve_device
 
     return {
         "name": display_name(model),
@@ -419,7 +418,7 @@ def model_metadata(classifier: Any, model: str, device: str, precision: str, thr
         "paired": classifier.paired,
         "max_length": classifier.max_length,
         "precision": precision,
-        "device": str(resolve_device(device, precision)),
+        "device": str(device),  # resolved: cpu, cuda:0, ...
         "threshold": _threshold_shown(classifier, threshold),
         "architecture": (classifier.model.config.architectures or [type(classifier.model).__name__])[0],
         "versions": {
@@ -498,13 +497,16 @@ def serve(
     ``POST /predict``, ``GET /health``, ``GET /info`` and a page at ``/``. ``on_ready(url)`` is called once the
     model answers (default: print the address)."""
     from lightbert.classifier import check_precision, check_threshold
-    from lightbert.devices import resolve_device
+    from lightbert.devices import resolve_device, warn_if_bf16_is_slow
     from lightbert.loader import load
 
     check_precision(precision)
+    resolved = resolve_device(device, precision)
+    if precision == "bf16":
+        warn_if_bf16_is_slow(resolved)
     cores = os.cpu_count() or 1
     if workers is None:
-        workers = default_workers(resolve_device(device, precision).type, cores)
+        workers = default_workers(resolved.type, cores)
     bind = check_options(host, port, max_batch_size, batch_timeout, workers, batch_size, max_texts, max_body_bytes,
                          timeout)  # fmt: skip
     if threshold is not None:
@@ -513,7 +515,7 @@ def serve(
     classifier = load(model, base, trust_checkpoint, "cpu", "fp32")  # every refusal of load, before binding
     if long_texts is not None:
         long_texts.check(classifier.max_length)
-    metadata = model_metadata(classifier, model, device, precision, threshold)
+    metadata = model_metadata(classifier, model, resolved, precision, threshold)
     paired = classifier.paired
     del classifier
     gc.collect()

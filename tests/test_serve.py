@@ -158,6 +158,23 @@ def test_a_lone_request_while_another_worker_runs_keeps_to_the_workers_share(tra
     assert thread_counts == [2, 1] and api.running.value == 1
 
 
+def test_serving_in_bf16_says_in_one_line_when_this_cpu_makes_it_slower(trained_checkpoint, monkeypatch, capsys):
+    from lightbert.serve import Server, serve
+
+    class Started(Exception):
+        pass
+
+    def run(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr("lightbert.devices.has_bf16_arithmetic", lambda: False)
+    monkeypatch.setattr(Server, "run", run)  # everything before the server starts, nothing after
+    with pytest.raises(Started):
+        serve(str(trained_checkpoint), port=free_port(), precision="bf16", device="cpu")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "bf16 runs slower than fp32" in warnings[0]
+
+
 # -- batches -----------------------------------------------------------------------------------------------------------
 
 
