@@ -5,7 +5,8 @@ the port is bound); LitServe then starts the inference worker(s) (``ClassifierAP
 answering a warm-up before ``/health`` says ready) and the HTTP server(s). Requests are checked in the HTTP server
 (``RequestChecks``) before they can join a batch: LitServe fails every request of a batch when one of them raises,
 so a bad request must never get that far. SIGTERM and Ctrl+C stop the HTTP servers first (no new connections, the
-requests in flight answered), then the workers.
+requests in flight answered), then the workers; sent to every process of the server (a terminal's Ctrl+C, systemd's
+stop), they are the main process's to act on (``stop_signal_handler``).
 """
 
 # No ``from __future__ import annotations`` here: LitServe reads decode_request's and encode_response's annotations
@@ -257,6 +258,9 @@ class ClassifierAPI(litserve.LitAPI):
         self.paired = paired
         # How many workers are running a batch: shared memory, inherited by every worker spawned with this object.
         self.running = multiprocessing.get_context("spawn").Value("i", 0)
+        # Set once the HTTP servers have stopped (``Server.stop``): until then a stop signal is the main process's to
+        # act on (see ``stop_signal_handler``), in every process of the server.
+        self.stopping = multiprocessing.get_context("spawn").Value("b", 0)
         self.classifier: Any = None
 
     def setup(self, device: str) -> None:
@@ -270,9 +274,12 @@ class ClassifierAPI(litserve.LitAPI):
 
         from lightbert.loader import load
 
-        # Ctrl+C reaches every process of the terminal's group: the main process stops the server in order, and
-        # this worker must keep answering the requests in flight until then.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl+C reaches every process of the terminal's group, and a service manager's stop (systemd) sends SIGTERM
+        # to all of them: the main process stops the server in order, and this worker keeps answering the requests
+        # in flight until then.
+        handler = stop_signal_handler(self.stopping)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
         torch.set_num_threads(self.settings.threads)
         s = self.settings
         self.classifier = load(s.model, s.base, s.trust_checkpoint, s.device, s.precision)
@@ -430,6 +437,20 @@ def model_metadata(classifier: Any, model: str, device: Any, precision: str, thr
     }
 
 
+def stop_signal_handler(stopping: Any) -> Callable[[int, Any], None]:
+    """The SIGTERM/SIGINT handler of the server's other processes (workers, LitServe's manager and message broker,
+    the HTTP servers once uvicorn has let go): ignored while the server runs, since the main process got the same
+    signal and stops everything in order; once ``stopping`` is set (the HTTP servers have answered what was in
+    flight), the default action, so that LitServe's own shutdown can end the process."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if stopping.value:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handle
+
+
 class Server(litserve.LitServer):
     """LitServer that stops in order on SIGTERM/SIGINT: LitServe's own shutdown closes its response queues before
     its HTTP servers, which would fail the requests in flight."""
@@ -470,6 +491,8 @@ class Server(litserve.LitServer):
                 process.kill()
                 process.join()
         self.http_servers.clear()  # stopped already: LitServe's shutdown skips them
+        for api in self.litapi_connector:
+            api.stopping.value = 1  # the other processes may now end on LitServe's signals
         if self._shutdown_event is not None:
             self._shutdown_event.set()
 
@@ -555,11 +578,11 @@ def serve(
             time.sleep(0.05)
 
     main_pid = os.getpid()
+    in_forked_process = stop_signal_handler(api.stopping)
 
     def on_signal(signum: int, frame: Any) -> None:
-        if os.getpid() != main_pid:  # an HTTP server forked from here, re-raising the signal once it has stopped
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if os.getpid() != main_pid:  # a process forked from here: the manager, the broker, an HTTP server
+            in_forked_process(signum, frame)
             return
         if not server.stopping:
             threading.Thread(target=server.stop, name="lightbert-stop", daemon=True).start()
