@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_DATA, make_base_model, run_cli, sentiment_rows, train_recipe, write_csv
+from helpers import SHARED_DATA, ServerProcess, make_base_model, run_cli, sentiment_rows, train_recipe, write_csv
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -68,6 +68,14 @@ def trained_run(tmp_path_factory, tiny_bert) -> Path:
 def trained_checkpoint(trained_run) -> Path:
     """last.ckpt of the shared run (epoch 1, step 6)."""
     return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def server(trained_checkpoint):
+    """A real ``lightbert serve`` of the shared checkpoint (its default two workers), shared by the HTTP tests and
+    the page tests: starting one takes seconds."""
+    with ServerProcess(trained_checkpoint, "--max_texts=8", "--max_body_bytes=4096", "--batch_timeout=0.02") as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -85,9 +85,14 @@ def no_dropout(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_processes(no_dropout, data, tmp_path_factory):
+    """The README's two-process fit command (tests/test_readme.py leaves it to this module), on the test's files."""
     root = tmp_path_factory.mktemp("two") / "runs"
-    args = fit_args(no_dropout, data["t32"], data["v9"], root, "--model.learning_rate=0.01", epochs=2, batch=8)
-    result = run_process(*args, *DDP, "--trainer.devices=2")
+    [command] = [c for c in commands(README, ("lightbert fit ",)) if "--trainer.devices 2" in c]
+    args = shlex.split(command.replace("reviews.csv", str(data["t32"])))[1:]
+    assert args[args.index("--data.batch_size") + 1] == "8" and args[args.index("--trainer.strategy") + 1] == "ddp"
+    args += [a for a in fit_args(no_dropout, data["t32"], data["v9"], root, epochs=2)[1:] if "batch_size" not in a]
+    args.append("--model.learning_rate=0.01")
+    result = run_process(*args, "--trainer.accelerator=cpu")
     assert result.code == 0, result.err[-3000:]
     return root, result
 

@@ -105,6 +105,8 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
         if not command.startswith("lightbert "):
             continue
         args, redirect = with_stand_ins(command, tiny_bert)
+        if args[0] == "fit" and several_processes(args):
+            continue  # run on two processes, and compared with one, by tests/test_distributed.py (two_processes)
         if args[0] == "serve":  # a real server on a free port, asked what the README's curl asks, then stopped
             with ServerProcess(*args[1:]) as server:
                 answer = server.post({"texts": ["a gorgeous, witty film", "dull and lifeless"]})

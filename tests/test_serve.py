@@ -48,12 +48,6 @@ def close(a: dict, b: dict, tolerance: float = 1e-5) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(trained_checkpoint):
-    with ServerProcess(trained_checkpoint, "--max_texts=8", "--max_body_bytes=4096", "--batch_timeout=0.02") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def pair_checkpoint(tmp_path_factory, tiny_bert) -> Path:
     tmp = tmp_path_factory.mktemp("pairs")
     rows = [(text, "the film", str(float(label))) for text, label in sentiment_rows(16)]

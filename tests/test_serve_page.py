@@ -7,7 +7,6 @@ import os
 import shutil
 
 import pytest
-from helpers import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -35,12 +34,6 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture(scope="module")
-def page_server(trained_checkpoint):
-    with ServerProcess(trained_checkpoint, "--max_body_bytes=2048") as server:
-        yield server
-
-
 def wait_for(driver, element_id: str):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
@@ -49,10 +42,10 @@ def wait_for(driver, element_id: str):
     return WebDriverWait(driver, 30).until(expected_conditions.visibility_of_element_located((By.ID, element_id)))
 
 
-def test_the_page_labels_a_typed_text_with_a_bar_per_label(browser, page_server, classifier, tmp_path):
+def test_the_page_labels_a_typed_text_with_a_bar_per_label(browser, server, classifier, tmp_path):
     from selenium.webdriver.common.by import By
 
-    browser.get(page_server.url + "/")
+    browser.get(server.url + "/")
     wait_for(browser, "model-name")
     assert "single-label" in browser.find_element(By.ID, "model-meta").text  # filled from /info
     browser.find_element(By.ID, "text").send_keys("a lovely, superb film")
@@ -69,19 +62,19 @@ def test_the_page_labels_a_typed_text_with_a_bar_per_label(browser, page_server,
     assert (tmp_path / "page.png").stat().st_size > 1000
 
 
-def test_the_page_fits_a_phone_width_screen(browser, page_server):
-    browser.get(page_server.url + "/")
+def test_the_page_fits_a_phone_width_screen(browser, server):
+    browser.get(server.url + "/")
     wait_for(browser, "model-name")
     assert browser.execute_script("return window.innerWidth") == PHONE[0]
     assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]  # no sideways scroll
 
 
-def test_the_page_shows_the_servers_error(browser, page_server):
+def test_the_page_shows_the_servers_error(browser, server):
     from selenium.webdriver.common.by import By
 
-    browser.get(page_server.url + "/")
+    browser.get(server.url + "/")
     wait_for(browser, "model-name")
     box = browser.find_element(By.ID, "text")
     browser.execute_script("arguments[0].value = arguments[1];", box, "word " * 1000)  # over --max_body_bytes
     browser.find_element(By.ID, "predict").click()
-    assert "over 2048 bytes" in wait_for(browser, "error").text
+    assert "over 4096 bytes" in wait_for(browser, "error").text
