@@ -1,7 +1,8 @@
 """``lightbert tune``: a hyper-parameter search over ``lightbert fit`` runs on Optuna.
 
 Every trial is an ordinary ``lightbert fit`` run in a process of its own (``runs/tune-NAME/trial_K/``), so nothing a
-trial allocates outlives it and each trial's peak memory is measured alone. The study lives in an SQLite file (by
+trial allocates outlives it and each trial's peak memory is measured alone; the processes are forked from a
+launcher that has imported Lightning and Transformers once (``TrialLauncher``), so a trial starts at once. The study lives in an SQLite file (by
 default in the tune directory): the trial processes report the tuned metric to it after every validation (Optuna's
 median pruner reads it and can stop a trial that is clearly worse), and running the same command again after an
 interruption, ``kill -9`` included, continues the study: finished trials are kept, a trial left running is marked
@@ -19,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,19 +196,21 @@ def tune(
     _fail_interrupted(study)
     started = time.monotonic()
     failures = 0
-    while _counted(study) < n_trials:
-        if timeout is not None and time.monotonic() - started > timeout:
-            print(f"tune: --timeout {timeout:g} s reached; {_counted(study)} of {n_trials} trials done")
-            break
-        state = _run_trial(
-            study, dimensions, config, fixed, metric, direction, storage, directory, pruner_startup_trials
-        )
-        failures = failures + 1 if state == "failed" else 0
-        if failures >= MAX_FAILURES_IN_A_ROW:
-            raise LightbertError(
-                f"{failures} trials in a row failed; the last one's output is in {directory}",
-                "read its fit.log, fix the config or the search space, and run the same command again to continue",
-            )
+    with TrialLauncher() as launcher:
+        while _counted(study) < n_trials:
+            if timeout is not None and time.monotonic() - started > timeout:
+                print(f"tune: --timeout {timeout:g} s reached; {_counted(study)} of {n_trials} trials done")
+                break
+            state = _run_trial(
+                study, dimensions, config, fixed, metric, direction, storage, directory, pruner_startup_trials,
+                launcher,
+            )  # fmt: skip
+            failures = failures + 1 if state == "failed" else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise LightbertError(
+                    f"{failures} trials in a row failed; the last one's output is in {directory}",
+                    "read its fit.log, fix the config or the search space, and run the same command again to continue",
+                )
     return _finish(study, directory, config, fixed, metric)
 
 
@@ -235,6 +239,7 @@ def _run_trial(
     storage: str,
     directory: Path,
     pruner_startup_trials: int,
+    launcher: TrialLauncher,
 ) -> str:
     """One trial in a process of its own; returns its state (complete, pruned or failed)."""
     from optuna.trial import TrialState
@@ -253,21 +258,17 @@ def _run_trial(
         "result": str(result.resolve()),
         "pruner_startup_trials": pruner_startup_trials,
     }
-    command = [sys.executable, "-m", "lightbert.cli", "fit", f"--config={config}", *option_args(params), *fixed,
-               f"--trainer.default_root_dir={run_dir}"]  # fmt: skip
+    command = ["fit", f"--config={config}", *option_args(params), *fixed, f"--trainer.default_root_dir={run_dir}"]
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     print(f"tune: trial {trial.number}: {shown}", flush=True)
     start = time.monotonic()
-    with open(run_dir / "fit.log", "wb") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, TRIAL_ENVIRONMENT: json.dumps(reporter)})  # fmt: skip
-        _, status, usage = os.wait4(child.pid, 0)
+    code, peak_kib = launcher.run(command, {TRIAL_ENVIRONMENT: json.dumps(reporter)}, run_dir / "fit.log")
     seconds = time.monotonic() - start
     trial.set_user_attr("seconds", round(seconds, 1))
-    trial.set_user_attr("peak_rss_mib", round(usage.ru_maxrss / 1024, 1))
+    trial.set_user_attr("peak_rss_mib", round(peak_kib / 1024, 1))
     trial.set_user_attr("run_dir", str(run_dir))
     outcome = json.loads(result.read_text()) if result.is_file() else None
-    if os.waitstatus_to_exitcode(status) != 0 or outcome is None:
+    if code != 0 or outcome is None:
         study.tell(trial, state=TrialState.FAIL)
         print(f"tune: trial {trial.number} failed after {seconds:.0f} s (see {run_dir / 'fit.log'})", flush=True)
         return "failed"
@@ -283,6 +284,102 @@ def _run_trial(
     study.tell(trial, outcome["value"])
     print(f"tune: trial {trial.number}: {metric} {outcome['value']:.4f} in {seconds:.0f} s", flush=True)
     return "complete"
+
+
+class TrialLauncher:
+    """Starts each trial's ``lightbert fit`` as a process of its own, forked from a launcher process that has imported
+    fit's modules once (``serve_trials``): a fresh Python spends seconds importing Lightning and Transformers before
+    a trial can start, a fork a few milliseconds. The trial is still a process of its own: what it allocates ends
+    with it, and its peak memory is its own (``wait4``). The launcher ends with the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> TrialLauncher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()  # type: ignore[union-attr]  # the launcher's end of input: it exits
+            self.process.wait()
+
+    def run(self, argv: list[str], env: dict[str, str], log: Path) -> tuple[int, int]:
+        """Run ``lightbert ARGV`` with ``env`` added to the environment and its output in ``log``; returns its exit
+        code and its peak resident memory in KiB (the exit code is -1 if the launcher itself died meanwhile)."""
+        log.write_bytes(b"")  # there at once, as the trial's record
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from lightbert.cli import main; from lightbert.tuning import serve_trials; "
+                 "serve_trials(main)"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+        assert self.process.stdin is not None and self.process.stdout is not None
+        request = {"argv": argv, "env": env, "log": str(log)}
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
+        except OSError:
+            answer = b""
+        if not answer:
+            return -1, 0
+        done = json.loads(answer)
+        return int(done["code"]), int(done["peak_kib"])
+
+
+def serve_trials(main: Callable[[list[str]], int]) -> None:
+    """The trial launcher's loop (see ``TrialLauncher``): imports what ``lightbert fit`` imports, then for each
+    request on stdin (one JSON line) forks a process that runs ``main(argv)`` and answers its exit code and peak
+    memory."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the trial's and tune's to act on, not the launcher's
+    import transformers.modeling_utils  # noqa: F401  (imported lazily once a model is built)
+
+    import lightbert.lightning_cli  # noqa: F401  (Lightning, torchmetrics, jsonargparse)
+
+    answers = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _run_forked(request, main)
+        _, status, usage = os.wait4(pid, 0)
+        answers.write(json.dumps({"code": os.waitstatus_to_exitcode(status), "peak_kib": usage.ru_maxrss}).encode())
+        answers.write(b"\n")
+        answers.flush()
+
+
+def _run_forked(request: dict[str, Any], main: Callable[[list[str]], int]) -> None:
+    """In the forked process: output to the trial's log, its environment, ``lightbert ARGV``; never returns."""
+    import logging
+    import signal
+    import traceback
+
+    code = 1
+    try:
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)  # not the launcher's requests
+        os.close(null)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.update(request["env"])
+        sys.argv = ["lightbert", *request["argv"]]
+        code = main(request["argv"])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def trials_table(study: Any, metric: str) -> str:
