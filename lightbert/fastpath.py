@@ -310,6 +310,82 @@ def use_gelu_recompute(model: nn.Module) -> int:
     return switched
 
 
+# -- query, key and value in one matrix product ----------------------------------------------------------------------
+
+
+class FusedQueryProjection(nn.Linear):
+    """The query projection of an attention block, computing the key and value projections of the same input in the
+    same matrix product and handing them to ``HandedProjection`` (see ``use_fused_qkv``)."""
+
+    partners: tuple[HandedProjection, HandedProjection]
+    fused: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # for inference: (the parameters' stamp, weight, bias)
+
+    def fused_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three weights and biases, concatenated: afresh for training (so that gradients reach each), once for
+        inference (until a parameter changes)."""
+        key, value = self.partners
+        parameters = (self.weight, key.weight, value.weight, self.bias, key.bias, value.bias)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in parameters):
+            return torch.cat(parameters[:3]), torch.cat(parameters[3:])
+        stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
+        if self.fused is None or self.fused[0] != stamp:
+            with torch.no_grad():
+                self.fused = (stamp, torch.cat(parameters[:3]), torch.cat(parameters[3:]))
+        return self.fused[1], self.fused[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key, value = self.partners
+        weight, bias = self.fused_parameters()
+        q, k, v = nn.functional.linear(x, weight, bias).split(self.out_features, dim=-1)
+        key.handed, value.handed = (x, k), (x, v)
+        return q
+
+
+class HandedProjection(nn.Linear):
+    """A key or value projection that returns what ``FusedQueryProjection`` computed for this same input (once);
+    any other input is projected as usual."""
+
+    handed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        handed, self.handed = self.handed, None
+        if handed is not None and handed[0] is x:
+            return handed[1]
+        return super().forward(x)
+
+
+def _projections(module: nn.Module) -> tuple[Any, Any, Any] | None:
+    for names in (("query", "key", "value"), ("q_lin", "k_lin", "v_lin")):  # BERT, RoBERTa, ELECTRA / DistilBERT
+        found: list[Any] = [getattr(module, name, None) for name in names]
+        if all(type(p) is nn.Linear and p.bias is not None for p in found):
+            q, k, v = found
+            if k.in_features == q.in_features == v.in_features and k.out_features == q.out_features == v.out_features:
+                return q, k, v
+    return None
+
+
+def use_fused_qkv(model: nn.Module) -> int:
+    """Compute each self-attention block's query, key and value projections in one matrix product, in place; returns
+    how many blocks were switched.
+
+    The three weights are concatenated at each forward pass (so the parameters, the state dict and the optimizer's
+    view of them are unchanged), and the backward pass takes one product for the input gradient and one for the
+    weights instead of three each. The attention code itself is untouched: it still calls the three projections in
+    turn, and the key and value ones return their part of the fused product when given the same input.
+    """
+    switched = 0
+    for module in model.modules():
+        found = _projections(module)
+        if found is None:
+            continue
+        query, key, value = found
+        key.__class__ = value.__class__ = HandedProjection
+        query.__class__ = FusedQueryProjection
+        object.__setattr__(query, "partners", (key, value))  # not submodules: the state dict must not change
+        switched += 1
+    return switched
+
+
 # -- resident embedding gradient ----------------------------------------------------------------------------------
 
 
