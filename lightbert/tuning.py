@@ -1,12 +1,12 @@
 """``lightbert tune``: a hyper-parameter search over ``lightbert fit`` runs on Optuna.
 
 Every trial is an ordinary ``lightbert fit`` run in a process of its own (``runs/tune-NAME/trial_K/``), so nothing a
-trial allocates outlives it and each trial's peak memory is measured alone; the processes are forked from a
-launcher that has imported Lightning and Transformers once (``TrialLauncher``), so a trial starts at once. The
-study lives in an SQLite file (by default in the tune directory): the trial processes report the tuned metric to it after every validation (Optuna's
-median pruner reads it and can stop a trial that is clearly worse), and running the same command again after an
-interruption, ``kill -9`` included, continues the study: finished trials are kept, a trial left running is marked
-failed, and new trials run until ``n_trials`` trials have completed or been pruned.
+trial allocates outlives it and each trial's peak memory is measured alone; the processes are forked from a launcher
+that has imported Lightning and Transformers once (``TrialLauncher``), so a trial starts at once. The study lives in
+an SQLite file (by default in the tune directory): the trial processes report the tuned metric to it after every
+validation (Optuna's median pruner reads it and can stop a trial that is clearly worse), and running the same
+command again after an interruption, ``kill -9`` included, continues the study: finished trials are kept, a trial
+left running is marked failed, and new trials run until ``n_trials`` trials have completed or been pruned.
 """
 
 from __future__ import annotations
