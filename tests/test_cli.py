@@ -115,9 +115,9 @@ def test_bad_input_ends_with_one_error_line_and_exit_code_2(args, message):
     assert result.err_lines[0].startswith(message)
 
 
-def test_the_installed_command_prints_one_line_and_no_traceback_for_a_bad_input(tmp_path):
-    result = run_process("fit", f"--data.train={tmp_path / 'missing.csv'}")
-    assert_one_error_line(result, "data file not found")
+def test_the_command_as_a_process_prints_one_line_and_no_traceback_for_a_bad_input(tmp_path):
+    result = run_process("predict", tmp_path / "missing.ckpt", "a good film")
+    assert_one_error_line(result, "missing.ckpt")
 
 
 def test_missing_label_column_is_a_clear_error(tiny_bert, tmp_path):
