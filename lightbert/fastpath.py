@@ -318,24 +318,12 @@ class FusedQueryProjection(nn.Linear):
     same matrix product and handing them to ``HandedProjection`` (see ``use_fused_qkv``)."""
 
     partners: tuple[HandedProjection, HandedProjection]
-    fused: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # for inference: (the parameters' stamp, weight, bias)
-
-    def fused_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The three weights and biases, concatenated: afresh for training (so that gradients reach each), once for
-        inference (until a parameter changes)."""
-        key, value = self.partners
-        parameters = (self.weight, key.weight, value.weight, self.bias, key.bias, value.bias)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in parameters):
-            return torch.cat(parameters[:3]), torch.cat(parameters[3:])
-        stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
-        if self.fused is None or self.fused[0] != stamp:
-            with torch.no_grad():
-                self.fused = (stamp, torch.cat(parameters[:3]), torch.cat(parameters[3:]))
-        return self.fused[1], self.fused[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key, value = self.partners
-        weight, bias = self.fused_parameters()
+        # Concatenated at every pass, so that gradients reach each parameter and no copy can go stale.
+        weight = torch.cat((self.weight, key.weight, value.weight))
+        bias = torch.cat((self.bias, key.bias, value.bias))
         q, k, v = nn.functional.linear(x, weight, bias).split(self.out_features, dim=-1)
         key.handed, value.handed = (x, k), (x, v)
         return q

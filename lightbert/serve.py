@@ -277,7 +277,7 @@ class ClassifierAPI(litserve.LitAPI):
         # Ctrl+C reaches every process of the terminal's group, and a service manager's stop (systemd) sends SIGTERM
         # to all of them: the main process stops the server in order, and this worker keeps answering the requests
         # in flight until then.
-        handler = stop_signal_handler(self.stopping)
+        handler = stop_signal_handler(self.stopping, os.getppid())
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, handler)
         torch.set_num_threads(self.settings.threads)
@@ -437,14 +437,14 @@ def model_metadata(classifier: Any, model: str, device: Any, precision: str, thr
     }
 
 
-def stop_signal_handler(stopping: Any) -> Callable[[int, Any], None]:
+def stop_signal_handler(stopping: Any, main_pid: int) -> Callable[[int, Any], None]:
     """The SIGTERM/SIGINT handler of the server's other processes (workers, LitServe's manager and message broker,
-    the HTTP servers once uvicorn has let go): ignored while the server runs, since the main process got the same
-    signal and stops everything in order; once ``stopping`` is set (the HTTP servers have answered what was in
-    flight), the default action, so that LitServe's own shutdown can end the process."""
+    the HTTP servers once uvicorn has let go): ignored while the server runs, since the main process (``main_pid``)
+    got the same signal and stops everything in order; once ``stopping`` is set (the HTTP servers have answered what
+    was in flight), or if the main process is gone, the default action."""
 
     def handle(signum: int, frame: Any) -> None:
-        if stopping.value:
+        if stopping.value or os.getppid() != main_pid:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
@@ -578,7 +578,7 @@ def serve(
             time.sleep(0.05)
 
     main_pid = os.getpid()
-    in_forked_process = stop_signal_handler(api.stopping)
+    in_forked_process = stop_signal_handler(api.stopping, main_pid)
 
     def on_signal(signum: int, frame: Any) -> None:
         if os.getpid() != main_pid:  # a process forked from here: the manager, the broker, an HTTP server
