@@ -41,13 +41,6 @@ CONFIGS = {
         fastpath.use_resident_embedding_gradient,
         fastpath.use_gelu_recompute,
     ],
-    "+ query, key and value in one product": [
-        fastpath.use_cpu_dropout,
-        fastpath.use_first_position_only,
-        fastpath.use_resident_embedding_gradient,
-        fastpath.use_gelu_recompute,
-        fastpath.use_fused_qkv,
-    ],
 }
 COMPILED = "plain HF model, torch.compile (not used)"
 

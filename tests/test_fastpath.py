@@ -18,7 +18,6 @@ from lightbert.fastpath import (
     keep_mask,
     use_cpu_dropout,
     use_first_position_only,
-    use_fused_qkv,
     use_gelu_recompute,
     use_resident_embedding_gradient,
 )
@@ -44,7 +43,6 @@ FAST_PATHS = {
     "first_position_only": use_first_position_only,
     "resident_embedding_gradient": use_resident_embedding_gradient,
     "gelu_recompute": use_gelu_recompute,
-    "fused_qkv": use_fused_qkv,
 }
 
 
@@ -100,37 +98,11 @@ def test_switched_model_in_eval_mode_is_bitwise_the_original(tiny_bert):
         assert torch.equal(switched(**inputs).logits, plain(**inputs).logits)
 
 
-def test_fused_qkv_in_inference_follows_changed_weights(tiny_bert):
-    plain = classifier(tiny_bert).eval()
-    switched = copy.deepcopy(plain)
-    assert use_fused_qkv(switched) == 2  # one per layer
-    inputs, _ = padded_batch(tiny_bert)
-    for model in (plain, switched):
-        with torch.inference_mode():
-            model(**inputs)  # the fused weights of the switched model are kept from here
-        with torch.no_grad():
-            for layer in model.bert.encoder.layer:
-                layer.attention.self.value.weight.mul_(2.0)  # as an optimizer step changes weights in place
-    with torch.inference_mode():
-        torch.testing.assert_close(switched(**inputs).logits, plain(**inputs).logits, atol=1e-6, rtol=0)
-
-
-def test_a_key_or_value_projection_given_another_input_projects_it(tiny_bert):
-    switched = classifier(tiny_bert)
-    use_fused_qkv(switched)
-    attention = switched.bert.encoder.layer[0].attention.self
-    x, other = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
-    attention.query(x)
-    expected = nn.functional.linear(other, attention.key.weight, attention.key.bias)
-    torch.testing.assert_close(attention.key(other), expected)
-
-
 def test_switching_keeps_the_state_dict_and_the_saved_config(tiny_bert):
     plain = classifier(tiny_bert)
     switched = copy.deepcopy(plain)
     use_cpu_dropout(switched)
     use_gelu_recompute(switched)
-    use_fused_qkv(switched)
     assert switched.state_dict().keys() == plain.state_dict().keys()
     assert switched.config.to_json_string() == plain.config.to_json_string()
     assert all(type(m) is not nn.Dropout for m in switched.modules())
