@@ -292,6 +292,10 @@ class TrialLauncher:
     a trial can start, a fork a few milliseconds. The trial is still a process of its own: what it allocates ends
     with it, and its peak memory is its own (``wait4``). The launcher ends with the ``with`` block."""
 
+    command: tuple[str, ...] = (
+        sys.executable, "-c", "from lightbert.cli import main; from lightbert.tuning import serve_trials; serve_trials(main)"
+    )  # fmt: skip
+
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -306,14 +310,12 @@ class TrialLauncher:
 
     def run(self, argv: list[str], env: dict[str, str], log: Path) -> tuple[int, int]:
         """Run ``lightbert ARGV`` with ``env`` added to the environment and its output in ``log``; returns its exit
-        code and its peak resident memory in KiB (the exit code is -1 if the launcher itself died meanwhile)."""
+        code and its peak resident memory in KiB."""
         log.write_bytes(b"")  # there at once, as the trial's record
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from lightbert.cli import main; from lightbert.tuning import serve_trials; "
-                 "serve_trials(main)"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            )  # fmt: skip
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
         assert self.process.stdin is not None and self.process.stdout is not None
         request = {"argv": argv, "env": env, "log": str(log)}
         try:
@@ -322,10 +324,19 @@ class TrialLauncher:
             answer = self.process.stdout.readline()
         except OSError:
             answer = b""
-        if not answer:
-            return -1, 0
+        if not answer:  # the launcher could not start or was killed: a fresh process, whose errors go to the log
+            return self.run_alone(argv, env, log)
         done = json.loads(answer)
         return int(done["code"]), int(done["peak_kib"])
+
+    @staticmethod
+    def run_alone(argv: list[str], env: dict[str, str], log: Path) -> tuple[int, int]:
+        """``run`` in a fresh Python process."""
+        with open(log, "wb") as output:
+            child = subprocess.Popen([sys.executable, "-m", "lightbert.cli", *argv], stdout=output,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **env})  # fmt: skip
+            _, status, usage = os.wait4(child.pid, 0)
+        return os.waitstatus_to_exitcode(status), usage.ru_maxrss
 
 
 def serve_trials(main: Callable[[list[str]], int]) -> None:

@@ -16,7 +16,7 @@ from helpers import assert_one_error_line, read_jsonl, run_cli, sentiment_rows, 
 from optuna.trial import TrialState
 
 from lightbert.errors import LightbertError
-from lightbert.tuning import read_search_space
+from lightbert.tuning import TrialLauncher, read_search_space
 
 
 @pytest.fixture
@@ -129,3 +129,11 @@ def test_a_search_space_naming_an_option_fit_does_not_have_stops_before_any_tria
 def test_bad_distributions_are_refused(tmp_path, space, message):
     with pytest.raises(LightbertError, match=message):
         read_search_space(write_space(tmp_path / "space.yaml", space))
+
+
+def test_a_trial_runs_in_a_fresh_process_when_the_launcher_cannot_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(TrialLauncher, "command", (sys.executable, "-c", "raise SystemExit(1)"))
+    log = tmp_path / "fit.log"
+    with TrialLauncher() as launcher:
+        code, peak_kib = launcher.run(["predict", "--help"], {}, log)
+    assert code == 0 and peak_kib > 0 and "predict" in log.read_text()
