@@ -293,8 +293,10 @@ class TrialLauncher:
     with it, and its peak memory is its own (``wait4``). The launcher ends with the ``with`` block."""
 
     command: tuple[str, ...] = (
-        sys.executable, "-c", "from lightbert.cli import main; from lightbert.tuning import serve_trials; serve_trials(main)"
-    )  # fmt: skip
+        sys.executable,
+        "-c",
+        "from lightbert.cli import main; from lightbert.tuning import serve_trials; serve_trials(main)",
+    )
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
