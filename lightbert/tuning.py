@@ -314,6 +314,8 @@ class TrialLauncher:
         """Run ``lightbert ARGV`` with ``env`` added to the environment and its output in ``log``; returns its exit
         code and its peak resident memory in KiB."""
         log.write_bytes(b"")  # there at once, as the trial's record
+        if not hasattr(os, "fork"):  # Windows
+            return self.run_alone(argv, env, log)
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
