@@ -5,10 +5,22 @@ downloaded; everything is built in the test session."""
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_DATA, ServerProcess, make_base_model, run_cli, sentiment_rows, train_recipe, write_csv
+from helpers import (
+    SHARED_DATA,
+    ServerProcess,
+    commands,
+    make_base_model,
+    run_cli,
+    sentiment_rows,
+    train_recipe,
+    write_csv,
+)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -72,9 +84,13 @@ def trained_checkpoint(trained_run) -> Path:
 
 @pytest.fixture(scope="session")
 def server(trained_checkpoint):
-    """A real ``lightbert serve`` of the shared checkpoint (its default two workers), shared by the HTTP tests and
-    the page tests: starting one takes seconds."""
-    with ServerProcess(trained_checkpoint, "--max_texts=8", "--max_body_bytes=4096", "--batch_timeout=0.02") as s:
+    """The README's ``lightbert serve`` command (tests/test_readme.py leaves it to this fixture) on the shared
+    checkpoint, a free port and a few limits to test, shared by the HTTP tests and the page tests: starting a server
+    takes seconds."""
+    [command] = commands(README, ("lightbert serve ",))
+    _, _, _, *options = shlex.split(command)  # lightbert serve MODEL OPTIONS (its --port is replaced by a free one)
+    limits = ("--max_texts=8", "--max_body_bytes=4096", "--batch_timeout=0.02")
+    with ServerProcess(trained_checkpoint, *options, *limits) as s:
         yield s
 
 

@@ -1,7 +1,9 @@
 """Every command the README shows runs: the commands are read from README.md (so they cannot drift) and run in
 order in a scratch directory holding small files under the README's own names, the tiny model standing in for the
 bundled one and a few steps for the epochs. The benchmark commands measure for minutes, so their options are
-checked against each script's own parser instead."""
+checked against each script's own parser instead. Two commands run elsewhere, read from the README there: the
+two-process fit (tests/test_distributed.py, compared with one process) and serve (the shared server of
+tests/conftest.py, asked the README's curl request in tests/test_serve.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from helpers import (
-    ServerProcess,
     commands,
     copy_directory,
     run_cli,
@@ -107,12 +108,9 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
         args, redirect = with_stand_ins(command, tiny_bert)
         if args[0] == "fit" and several_processes(args):
             continue  # run on two processes, and compared with one, by tests/test_distributed.py (two_processes)
-        if args[0] == "serve":  # a real server on a free port, asked what the README's curl asks, then stopped
-            with ServerProcess(*args[1:]) as server:
-                answer = server.post({"texts": ["a gorgeous, witty film", "dull and lifeless"]})
-                assert answer.status == 200 and len(answer.body["predictions"]) == 2, answer
-                assert server.stop() == 0, server.err
-        elif redirect:
+        if args[0] == "serve":
+            continue  # the shared server of tests/conftest.py (server) is this command; test_serve.py asks it
+        if redirect:
             out = io.StringIO()
             with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
                 main(args)
@@ -123,7 +121,7 @@ def test_every_lightbert_command_in_the_readme_runs(scratch, tiny_bert):
             result = run_process(*args) if several_processes(args) else run_cli(*args)
             assert result.code == 0, f"{command}\n{result.err[-2000:]}"
         ran.append(args[0])
-    assert {"fit", "tune", "predict", "evaluate", "serve", "test", "export", "inspect"} <= set(ran)
+    assert {"fit", "tune", "predict", "evaluate", "test", "export", "inspect"} <= set(ran)
     assert (scratch / "my-model" / "model.safetensors").is_file()
     assert len((scratch / "predictions.jsonl").read_text().splitlines()) == 5
 

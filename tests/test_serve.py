@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import threading
@@ -222,6 +223,13 @@ def test_a_text_gets_the_record_lightbert_predict_gives(server, classifier):
     answer = server.post({"text": "a good and lovely film"})
     assert answer.status == 200
     assert close(answer.body, classifier.predict(["a good and lovely film"])[0])
+
+
+def test_the_readmes_request_gets_a_record_per_text(server):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [body] = re.findall(r"curl -s localhost:8000/predict -d '(.+)'", readme)
+    answer = server.post(json.loads(body))
+    assert answer.status == 200 and len(answer.body["predictions"]) == len(json.loads(body)["texts"])
 
 
 def test_texts_get_predictions_in_order(server, classifier):
