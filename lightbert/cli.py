@@ -543,6 +543,13 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+# What to do after Ctrl+C, by command.
+AFTER_INTERRUPT = {
+    "fit": "run again with --ckpt_path to resume from the last checkpoint",
+    "tune": "run the same command again to continue the study",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0, 2 for a user error, 143 after SIGTERM, 130 after Ctrl+C, 1 for a
     bug)."""
@@ -565,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         note(f"error: stopped by SIGTERM ({where})")  # every process exits 143; the first one says why
         return 143
     except KeyboardInterrupt:
-        print("error: interrupted (run again with --ckpt_path to resume from the last checkpoint)", file=sys.stderr)
+        print(f"error: interrupted ({AFTER_INTERRUPT.get(argv[0], 'run the same command again')})", file=sys.stderr)
         return 130
     except Exception as err:
         if os.environ.get("LIGHTBERT_DEBUG"):  # a bug, not a bad input: say so, short unless asked for more

@@ -169,3 +169,19 @@ def test_fit_in_bf16_mixed_says_in_one_line_when_this_cpu_makes_it_slower_and_tr
 )
 def test_a_value_of_the_wrong_type_says_which_types_the_option_takes(option, expected):
     assert_one_error_line(run_cli("fit", option), f'"{option[2:].split("=")[0]}": {expected}', "lightbert fit --help")
+
+
+@pytest.mark.parametrize(
+    ("command", "advice"),
+    [("fit", "--ckpt_path"), ("tune", "run the same command again to continue the study"), ("predict", "again")],
+)
+def test_ctrl_c_says_in_one_line_what_to_do_for_that_command(command, advice, monkeypatch, capsys):
+    from lightbert import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, command, interrupted)
+    assert cli.main([command]) == 130
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: interrupted (") and advice in line
