@@ -300,6 +300,7 @@ class TrialLauncher:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
+        self.forking = hasattr(os, "fork")  # not on Windows; off once the launcher has failed (no retry per trial)
 
     def __enter__(self) -> TrialLauncher:
         return self
@@ -314,7 +315,7 @@ class TrialLauncher:
         """Run ``lightbert ARGV`` with ``env`` added to the environment and its output in ``log``; returns its exit
         code and its peak resident memory in KiB."""
         log.write_bytes(b"")  # there at once, as the trial's record
-        if not hasattr(os, "fork"):  # Windows
+        if not self.forking:
             return self.run_alone(argv, env, log)
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
@@ -328,7 +329,8 @@ class TrialLauncher:
             answer = self.process.stdout.readline()
         except OSError:
             answer = b""
-        if not answer:  # the launcher could not start or was killed: a fresh process, whose errors go to the log
+        if not answer:  # the launcher could not start or was killed: fresh processes, whose errors go to the log
+            self.forking = False
             return self.run_alone(argv, env, log)
         done = json.loads(answer)
         return int(done["code"]), int(done["peak_kib"])

@@ -136,4 +136,7 @@ def test_a_trial_runs_in_a_fresh_process_when_the_launcher_cannot_start(tmp_path
     log = tmp_path / "fit.log"
     with TrialLauncher() as launcher:
         code, peak_kib = launcher.run(["predict", "--help"], {}, log)
-    assert code == 0 and peak_kib > 0 and "predict" in log.read_text()
+        assert code == 0 and peak_kib > 0 and "predict" in log.read_text()
+        failed = launcher.process
+        launcher.run(["predict", "--help"], {}, log)
+        assert launcher.process is failed  # not started again for every trial
