@@ -18,6 +18,7 @@ from lightbert.devices import resolve_device
 from lightbert.errors import LightbertError
 from lightbert.fastpath import use_first_position_only
 from lightbert.hf import labels_of, task_of, thresholds_of
+from lightbert.packing import use_packed_linears
 from lightbert.quantize import calibration_texts, quantize_int8
 from lightbert.sources import ModelInfo
 
@@ -82,13 +83,15 @@ class Classifier:
     ``{"label", "score", "probs"}`` (single-label), ``{"labels", "probs"}`` (multi-label) or ``{"score"}``
     (regression), with ``"truncated": true`` added for a text longer than the model's limit. ``model`` runs its
     last layer for the first token only (``lightbert.fastpath``): use it for classification outputs, not for the
-    last hidden state.
+    last hidden state. Its linear layers predict on a CPU through oneDNN with packed weights (``lightbert.packing``).
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int, info: ModelInfo) -> None:
         self.model = model.eval()
         # The same logits with less work: the last layer's feed-forward block runs only where the head reads.
         use_first_position_only(self.model)
+        # On a CPU, the products through oneDNN with packed weights and the GELU in the product before it.
+        use_packed_linears(self.model)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.info = info

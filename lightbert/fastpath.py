@@ -286,7 +286,7 @@ class GeluThenLinear(nn.Linear):
         return nn.functional.linear(nn.functional.gelu(pre), self.weight, self.bias)
 
 
-def _is_exact_gelu(activation: Any) -> bool:
+def is_exact_gelu(activation: Any) -> bool:
     return type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is nn.functional.gelu
 
 
@@ -303,7 +303,7 @@ def use_gelu_recompute(model: nn.Module) -> int:
             owner, name, linear = module, "activation", module.lin2
         else:
             continue
-        if _is_exact_gelu(getattr(owner, name, None)) and type(linear) is nn.Linear:
+        if is_exact_gelu(getattr(owner, name, None)) and type(linear) is nn.Linear:
             setattr(owner, name, nn.Identity())
             linear.__class__ = GeluThenLinear
             switched += 1
