@@ -41,13 +41,6 @@ CONFIGS = {
         fastpath.use_resident_embedding_gradient,
         fastpath.use_gelu_recompute,
     ],
-    "+ fp32 products through oneDNN": [
-        fastpath.use_cpu_dropout,
-        fastpath.use_first_position_only,
-        fastpath.use_resident_embedding_gradient,
-        fastpath.use_gelu_recompute,
-        fastpath.use_onednn_products,
-    ],
 }
 COMPILED = "plain HF model, torch.compile (not used)"
 

@@ -22,12 +22,6 @@ GELU recomputed in backward. A feed-forward block keeps both the input and the o
 pass (batch x length x 4 hidden floats each). ``use_gelu_recompute(model)`` folds the GELU into the following linear
 layer, which keeps the GELU input only and recomputes its output in backward.
 
-fp32 products through oneDNN. PyTorch multiplies fp32 matrices with MKL, whose kernels on AMD CPUs are the AVX2 ones;
-oneDNN (PyTorch's ``torch.ops.mkldnn._linear_pointwise``, the kernel its compiler emits for linear layers) uses
-AVX-512 there. ``use_onednn_products(model)`` runs the linear layers' forward products and their input gradients
-through oneDNN in fp32 on the CPU (the weight gradients stay with MKL, which measured faster for them); under
-autocast, on other devices and in other dtypes the layers run as before.
-
 Resident embedding gradient. The word-embedding gradient (vocabulary x hidden, 47 MB for MiniLM) is a fresh
 allocation at every backward pass, and a fresh allocation that large means page faults on first touch.
 ``use_resident_embedding_gradient(model)`` accumulates it into a buffer kept between steps instead (the same
@@ -37,7 +31,6 @@ for single-process training only.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -262,21 +255,14 @@ def use_first_position_only(model: nn.Module) -> bool:
 
 class _GeluThenLinear(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any, pre: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, onednn: bool
-    ) -> torch.Tensor:
+    def forward(ctx: Any, pre: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(pre, weight)
         ctx.has_bias = bias is not None
         ctx.autocast = autocast_state(pre)
-        ctx.onednn = onednn
-        if onednn:
-            return onednn_linear(nn.functional.gelu(pre), weight, bias)
         return nn.functional.linear(nn.functional.gelu(pre), weight, bias)
 
     @staticmethod
-    def backward(
-        ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         pre, weight = ctx.saved_tensors
         grad_pre = grad_weight = grad_bias = None
         rows = grad.reshape(-1, grad.shape[-1])
@@ -287,25 +273,16 @@ class _GeluThenLinear(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_bias = rows.sum(0).to(weight.dtype)
             if ctx.needs_input_grad[0]:
-                if ctx.onednn:
-                    product = onednn_product(rows.contiguous(), weight).view(*grad.shape[:-1], weight.shape[1])
-                else:
-                    product = torch.matmul(grad, weight)
-                grad_pre = torch.ops.aten.gelu_backward(product.to(pre.dtype), pre)
-        return grad_pre, grad_weight, grad_bias, None
+                grad_pre = torch.ops.aten.gelu_backward(torch.matmul(grad, weight).to(pre.dtype), pre)
+        return grad_pre, grad_weight, grad_bias
 
 
 class GeluThenLinear(nn.Linear):
     """``linear(gelu(x))`` that keeps only ``x`` for the backward pass (the GELU output is recomputed there)."""
 
-    onednn_products = False  # set by use_onednn_products
-
     def forward(self, pre: torch.Tensor) -> torch.Tensor:
-        onednn = self.onednn_products and onednn_ready(pre, self.weight)
         if torch.is_grad_enabled() and (pre.requires_grad or self.weight.requires_grad):
-            return _GeluThenLinear.apply(pre, self.weight, self.bias, onednn)
-        if onednn:
-            return onednn_linear(nn.functional.gelu(pre), self.weight, self.bias)
+            return _GeluThenLinear.apply(pre, self.weight, self.bias)
         return nn.functional.linear(nn.functional.gelu(pre), self.weight, self.bias)
 
 
@@ -329,108 +306,6 @@ def use_gelu_recompute(model: nn.Module) -> int:
         if is_exact_gelu(getattr(owner, name, None)) and type(linear) is nn.Linear:
             setattr(owner, name, nn.Identity())
             linear.__class__ = GeluThenLinear
-            switched += 1
-    return switched
-
-
-# -- fp32 products through oneDNN ----------------------------------------------------------------------------------
-
-
-@functools.cache
-def onednn_linear_works(dtype: torch.dtype) -> bool:
-    """Whether this PyTorch build and CPU run oneDNN's linear kernel in ``dtype``, plain and with a packed weight (and
-    the exact GELU as its post-operation), in agreement with ``torch.nn.functional.linear`` (checked once a process)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-        generator = torch.Generator().manual_seed(0)
-        x, weight, bias = (torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 24), (40, 24), (40,)))
-        with torch.inference_mode():
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1024)
-            expected = nn.functional.linear(x, weight, bias).float()
-            results = (
-                (torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], ""), expected),
-                (torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), expected),
-                (torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none"), nn.functional.gelu(expected)),
-                (onednn_product(x, weight.t()), x.float() @ weight.float().t()),
-            )
-        tolerance = 1e-4 if dtype == torch.float32 else 5e-2
-        return all(torch.allclose(a.float(), b, atol=tolerance, rtol=tolerance) for a, b in results)
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return False
-
-
-def onednn_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` (2-D) through oneDNN; ``b`` may be a transposed view."""
-    return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
-
-
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``torch.nn.functional.linear`` through oneDNN (no autograd)."""
-    rows = x.reshape(-1, x.shape[-1]).contiguous()  # oneDNN is very slow on rows with gaps between them
-    out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-def onednn_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a linear layer's fp32 product of ``x`` with ``weight`` may run through oneDNN: both plain fp32 CPU
-    tensors, no autocast (it decides the dtypes there), and the kernel agrees with PyTorch's here."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and type(weight) in (nn.Parameter, torch.Tensor)  # not a sharded or otherwise wrapped tensor
-        and not torch.is_autocast_enabled("cpu")
-        and onednn_linear_works(torch.float32)
-    )
-
-
-class _OnednnLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        ctx.save_for_backward(rows, weight)
-        ctx.input_shape = x.shape
-        ctx.has_bias = bias is not None
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        rows, weight = ctx.saved_tensors
-        grad_rows = grad.reshape(-1, grad.shape[-1]).contiguous()
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_product(grad_rows, weight).view(ctx.input_shape)
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad_rows.t() @ rows  # MKL: faster than oneDNN for this product here
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_rows.sum(0)
-        return grad_x, grad_weight, grad_bias
-
-
-class OnednnLinear(nn.Linear):
-    """``nn.Linear`` whose fp32 CPU products run through oneDNN (see the module doc)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if onednn_ready(x, self.weight):
-            return _OnednnLinear.apply(x, self.weight, self.bias)
-        return super().forward(x)
-
-
-def use_onednn_products(model: nn.Module) -> int:
-    """Run ``model``'s linear layers' fp32 CPU products through oneDNN, in place (``nn.Linear`` becomes
-    ``OnednnLinear``; ``GeluThenLinear`` layers switch too); returns how many layers were switched. Parameters,
-    state dict and config are unchanged."""
-    switched = 0
-    for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__class__ = OnednnLinear
-            switched += 1
-        elif isinstance(module, GeluThenLinear) and not module.onednn_products:
-            module.onednn_products = True
             switched += 1
     return switched
 

@@ -39,7 +39,6 @@ from lightbert.fastpath import (
     use_cpu_dropout,
     use_first_position_only,
     use_gelu_recompute,
-    use_onednn_products,
     use_resident_embedding_gradient,
 )
 from lightbert.hf import THRESHOLDS_KEY, HeadPlan, head_order, plan_head
@@ -372,11 +371,10 @@ class SequenceClassifier(pl.LightningModule):
             self._forward_args.discard("token_type_ids")  # one segment type (RoBERTa): a pair's 1s would not index
         # The same function, faster and leaner (lightbert.fastpath): dropout drawn ~3x cheaper on CPU (other
         # devices keep PyTorch's kernels), the last layer's feed-forward block computed only where the head reads,
-        # each GELU output recomputed in backward rather than kept, and fp32 products through oneDNN on CPUs.
+        # and each GELU output recomputed in backward rather than kept.
         use_cpu_dropout(self.model)
         use_first_position_only(self.model)
         use_gelu_recompute(self.model)
-        use_onednn_products(self.model)
         num_labels = self.model.config.num_labels
         self.val_metrics = build_metrics(self.task, num_labels).clone(prefix="val_")
         self.test_metrics = build_metrics(self.task, num_labels).clone(prefix="test_")

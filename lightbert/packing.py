@@ -17,15 +17,42 @@ Costs the packed copies' memory: one more copy of the linear layers' weights (42
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightbert.fastpath import is_exact_gelu, onednn_linear_works
+from lightbert.fastpath import is_exact_gelu
 
 PACKING_ROWS = 1024  # oneDNN's hint for the rows of the inputs to come; measured to matter by 1-2% at most
 _DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def onednn_linear_works(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch build and CPU run oneDNN's packed linear kernel in ``dtype`` and it agrees with
+    ``torch.nn.functional.linear`` (checked once per process)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        generator = torch.Generator().manual_seed(0)
+        x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((5, 24), (40, 24), (40,)))
+        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.inference_mode():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKING_ROWS)
+            plain = nn.functional.linear(x, weight, bias).float()
+            fused = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").float()
+            gelu = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none").float()
+        tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+        return bool(
+            torch.allclose(fused, plain, atol=tolerance, rtol=tolerance)
+            and torch.allclose(gelu, nn.functional.gelu(plain), atol=tolerance, rtol=tolerance)
+        )
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
 
 
 class _PackedLinearForward:

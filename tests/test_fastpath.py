@@ -16,11 +16,9 @@ from lightbert.fastpath import (
     drop_threshold,
     dropout,
     keep_mask,
-    onednn_linear_works,
     use_cpu_dropout,
     use_first_position_only,
     use_gelu_recompute,
-    use_onednn_products,
     use_resident_embedding_gradient,
 )
 
@@ -45,7 +43,6 @@ FAST_PATHS = {
     "first_position_only": use_first_position_only,
     "resident_embedding_gradient": use_resident_embedding_gradient,
     "gelu_recompute": use_gelu_recompute,
-    "onednn_products": use_onednn_products,
 }
 
 
@@ -255,21 +252,3 @@ def test_resident_embedding_gradient_leaves_inference_to_the_plain_lookup(tiny_b
     with torch.inference_mode():
         out = model(**inputs).logits
     assert not out.requires_grad
-
-
-def ops_run(model, inputs, labels, autocast: bool) -> set[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(**inputs, labels=labels).loss
-        loss.backward()
-    return {event.key for event in profile.key_averages()}
-
-
-@pytest.mark.skipif(not onednn_linear_works(torch.float32), reason="no oneDNN linear kernel here")
-def test_onednn_products_run_in_fp32_and_leave_autocast_to_pytorch(tiny_bert):
-    model = classifier(tiny_bert).train()
-    use_gelu_recompute(model)
-    use_onednn_products(model)
-    inputs, labels = padded_batch(tiny_bert)
-    assert "mkldnn::_linear_pointwise" in ops_run(model, inputs, labels, autocast=False)
-    assert "mkldnn::_linear_pointwise" not in ops_run(model, inputs, labels, autocast=True)
