@@ -16,7 +16,9 @@ First position only in the last layer. BERT, RoBERTa and DistilBERT sequence cla
 token's final hidden state. In the last layer every position still feeds the attention (keys and values), but the
 feed-forward block, two thirds of the layer's work, is needed for the first position only:
 ``use_first_position_only(model)`` cuts the sequence to that position right after the last attention block (for
-MiniLM's 6 layers, about 11% of the FLOPs); the logits are the same to float rounding.
+MiniLM's 6 layers, about 11% of the FLOPs); the logits are the same to float rounding. In BERT-style layers (BERT,
+RoBERTa, ELECTRA) the last attention block itself computes the first position's query only (keys and values still
+from every position), and its output projection, residual and LayerNorm for that position only.
 
 GELU recomputed in backward. A feed-forward block keeps both the input and the output of its GELU for the backward
 pass (batch x length x 4 hidden floats each). ``use_gelu_recompute(model)`` folds the GELU into the following linear
@@ -235,6 +237,72 @@ def _last_attention_block(model: nn.Module) -> nn.Module | None:
     return None
 
 
+class _FirstQuerySelfAttention:
+    """``forward`` of the last layer's BERT-style self-attention (an instance override): the first position's query
+    against every position's keys and values, so the attention output has length 1. Anything unexpected (a cache,
+    other arguments) runs the class's own forward, whose full-length output the hooks below cut to the same
+    result."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        self.attention = attention
+
+    def __call__(self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+        attention: Any = self.attention
+        interface = _attention_function(attention)
+        if args or kwargs.get("cache") is not None or interface is None:
+            return type(attention).forward(attention, hidden_states, attention_mask, *args, **kwargs)
+        batch, length = hidden_states.shape[:2]
+        head = attention.attention_head_size
+        query = attention.query(hidden_states[:, :1]).view(batch, 1, -1, head).transpose(1, 2)
+        key = attention.key(hidden_states).view(batch, length, -1, head).transpose(1, 2)
+        value = attention.value(hidden_states).view(batch, length, -1, head).transpose(1, 2)
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
+            attention_mask = attention_mask[:, :, :1]  # the first query's row of a (batch, 1, query, key) mask
+        output, weights = interface(
+            attention,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=attention.dropout.p if attention.training else 0.0,
+            scaling=attention.scaling,
+            **kwargs,
+        )
+        return output.reshape(batch, 1, -1).contiguous(), weights
+
+
+def _attention_function(attention: Any) -> Any:
+    """The attention function a Transformers self-attention module calls (``config._attn_implementation``)."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    implementation = attention.config._attn_implementation
+    if implementation in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[implementation]
+    return getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)  # "eager"
+
+
+def _first_position_residual(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook of the last attention block's output: its residual input cut to the first position."""
+    if len(args) >= 2:
+        return (args[0], args[1][:, :1], *args[2:]), kwargs
+    if "input_tensor" in kwargs:
+        return args, {**kwargs, "input_tensor": kwargs["input_tensor"][:, :1]}
+    return None
+
+
+def _is_bert_style_self_attention(attention: Any) -> bool:
+    config = getattr(attention, "config", None)
+    return (
+        all(hasattr(attention, a) for a in ("query", "key", "value", "attention_head_size", "scaling", "dropout"))
+        and config is not None
+        and not getattr(config, "is_decoder", False)
+        and not getattr(attention, "is_causal", False)
+        and getattr(config, "position_embedding_type", "absolute") in ("absolute", None)
+    )
+
+
 def use_first_position_only(model: nn.Module) -> bool:
     """Compute the last layer's feed-forward block for the first position only, in place (see the module doc).
 
@@ -247,6 +315,14 @@ def use_first_position_only(model: nn.Module) -> bool:
     if not getattr(block, "_lightbert_first_position", False):
         block.register_forward_hook(_first_position)
         block._lightbert_first_position = True
+        self_attention, output = getattr(block, "self", None), getattr(block, "output", None)
+        if (
+            isinstance(self_attention, nn.Module)
+            and isinstance(output, nn.Module)
+            and _is_bert_style_self_attention(self_attention)
+        ):
+            self_attention.__dict__["forward"] = _FirstQuerySelfAttention(self_attention)
+            output.register_forward_pre_hook(_first_position_residual, with_kwargs=True)
     return True
 
 

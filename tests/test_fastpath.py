@@ -252,3 +252,29 @@ def test_resident_embedding_gradient_leaves_inference_to_the_plain_lookup(tiny_b
     with torch.inference_mode():
         out = model(**inputs).logits
     assert not out.requires_grad
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_first_position_only_computes_the_last_layers_first_query_only(tiny_bert, implementation):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_bert), num_labels=3, attn_implementation=implementation
+    ).eval()
+    plain = copy.deepcopy(model)
+    assert use_first_position_only(model)
+    attention = model.bert.encoder.layer[-1].attention.self
+    lengths = {}
+
+    def record(name):
+        def hook(module, args, output):
+            lengths[name] = args[0].shape[1]
+
+        return hook
+
+    for name in ("query", "key"):
+        getattr(attention, name).register_forward_hook(record(name))
+    inputs, _ = padded_batch(tiny_bert)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**inputs).logits, plain(**inputs).logits, atol=1e-6, rtol=0)
+    assert lengths == {"query": 1, "key": inputs["input_ids"].shape[1]}
