@@ -74,13 +74,14 @@ class _PackedLinearForward:
             or x.device.type != "cpu"
             or x.dtype != weight.dtype
             or x.dtype not in _DTYPES
+            or not weight.is_contiguous()
             or (bias is not None and bias.dtype != x.dtype)
             or torch.is_autocast_enabled("cpu")
             or not onednn_linear_works(x.dtype)
         ):
             return None
         # The weight as it is now: moved, cast or updated in place, it is packed again.
-        key = (weight.device, weight.dtype, weight.data_ptr(), weight._version)
+        key = (weight.device, weight.dtype, tuple(weight.shape), weight.data_ptr(), weight._version)
         if self.packed is None or self.packed[0] != key:
             self.packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_ROWS))
         return self.packed[1]
@@ -100,7 +101,7 @@ def packed_weight(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x.reshape(-1, x.shape[-1]).contiguous()  # oneDNN is very slow on rows with gaps between them
     if gelu:
         out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "gelu", [], "none")  # "none": the exact (erf) GELU
     else:
