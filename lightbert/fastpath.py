@@ -18,7 +18,8 @@ feed-forward block, two thirds of the layer's work, is needed for the first posi
 ``use_first_position_only(model)`` cuts the sequence to that position right after the last attention block (for
 MiniLM's 6 layers, about 11% of the FLOPs); the logits are the same to float rounding. In BERT-style layers (BERT,
 RoBERTa, ELECTRA) the last attention block itself computes the first position's query only (keys and values still
-from every position), and its output projection, residual and LayerNorm for that position only.
+from every position), and its output projection, residual and LayerNorm for that position only (another 3% of
+MiniLM's FLOPs, and the last layer's attention scores for one query instead of all).
 
 GELU recomputed in backward. A feed-forward block keeps both the input and the output of its GELU for the backward
 pass (batch x length x 4 hidden floats each). ``use_gelu_recompute(model)`` folds the GELU into the following linear
