@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightbert.packing import onednn_linear_works, packed_weight, use_packed_linears
+from lightbert.packing import onednn_linear_works, packed_weight, use_packed_linears, use_plain_linears
 
 pytestmark = pytest.mark.skipif(not onednn_linear_works(torch.float32), reason="no oneDNN linear kernel here")
 
@@ -156,3 +156,12 @@ def test_int8_quantization_of_a_packed_model_keeps_each_feed_forward_gelu(tiny_b
     for model in (plain, packed):
         quantize_int8(model, lambda model=model: logits(model, inputs))
     torch.testing.assert_close(logits(packed, inputs), logits(plain, inputs), atol=1e-4, rtol=1e-4)
+
+
+def test_use_plain_linears_undoes_the_packing(tiny_bert):
+    packed = packed_copy(classifier(tiny_bert))
+    inputs = batch(tiny_bert)
+    logits(packed, inputs)
+    assert use_plain_linears(packed) == sum(type(m) is nn.Linear for m in packed.modules())
+    assert all("forward" not in m.__dict__ and "ff_chunk" not in m.__dict__ for m in packed.modules())
+    assert gelu_calls(packed, inputs, grad=False) == packed.config.num_hidden_layers
