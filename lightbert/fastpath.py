@@ -34,6 +34,7 @@ for single-process training only.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -274,8 +275,6 @@ class _FirstQuerySelfAttention:
 
 def _attention_function(attention: Any) -> Any:
     """The attention function a Transformers self-attention module calls (``config._attn_implementation``)."""
-    import sys
-
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     implementation = attention.config._attn_implementation

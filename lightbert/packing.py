@@ -174,9 +174,9 @@ def use_packed_linears(model: nn.Module) -> int:
 def use_plain_linears(model: nn.Module) -> int:
     """Undo ``use_packed_linears``: the layers run as PyTorch's own again (and drop their packed weights). Returns how
     many linear layers were switched back."""
+    overrides = (_PackedLinearForward, _IntermediateForward, _FeedForwardChunk)
     switched = 0
     for module in model.modules():
-        overrides = (_PackedLinearForward, _IntermediateForward, _FeedForwardChunk)
         for name in ("forward", "ff_chunk"):
             if isinstance(module.__dict__.get(name), overrides):
                 switched += isinstance(module.__dict__[name], _PackedLinearForward)
