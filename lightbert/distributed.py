@@ -63,11 +63,13 @@ def external_launch() -> tuple[int, int, str, int] | None:
     return None
 
 
-def start(command: Sequence[str], devices: int, num_nodes: int) -> Processes:
+def start(command: Sequence[str], devices: int, num_nodes: int, watching: threading.Event | None = None) -> Processes:
     """Join (or start, then join) the group of ``devices x num_nodes`` processes running ``lightbert COMMAND``.
 
     One machine: this process is the first, and starts the others (the same command, with their rank in the
-    environment). Several machines: torchrun or SLURM starts every process, and each joins."""
+    environment). Several machines: torchrun or SLURM starts every process, and each joins. With ``watching``,
+    the processes started here watch each other (``_watch``) from before they join, until it is set: a process that
+    dies while the others start never joins, and joining waits for it."""
     if CHILD_RANK in os.environ:
         rank, world, address, port = (
             int(os.environ[CHILD_RANK]),
@@ -96,6 +98,9 @@ def start(command: Sequence[str], devices: int, num_nodes: int) -> Processes:
         else:
             rank, world, address, port = 0, devices, "127.0.0.1", free_port()
             children = [_start_child(command, child, world, port) for child in range(1, world)]
+    processes = Processes(rank, world, children)
+    if watching is not None and (children or CHILD_RANK in os.environ):
+        threading.Thread(target=_watch, args=(processes, os.getppid(), watching), daemon=True).start()
     try:
         torch.distributed.init_process_group(
             "gloo",
@@ -107,7 +112,7 @@ def start(command: Sequence[str], devices: int, num_nodes: int) -> Processes:
     except BaseException:
         stop_children(children)
         raise
-    return Processes(rank, world, children)
+    return processes
 
 
 def _start_child(command: Sequence[str], rank: int, world: int, port: int) -> subprocess.Popen[bytes]:
@@ -150,10 +155,12 @@ def broadcast(processes: Processes, value: Any) -> Any:
 @contextlib.contextmanager
 def group(command: Sequence[str], devices: int, num_nodes: int) -> Iterator[Processes]:
     """``start`` the group; on the way out, wait for the processes this one started and leave the group."""
-    processes = start(command, devices, num_nodes)
     watching = threading.Event()
-    if processes.world_size > 1 and (processes.children or CHILD_RANK in os.environ):
-        threading.Thread(target=_watch, args=(processes, os.getppid(), watching), daemon=True).start()
+    try:
+        processes = start(command, devices, num_nodes, watching)
+    except BaseException:
+        watching.set()
+        raise
     try:
         yield processes
         for child in processes.children:
