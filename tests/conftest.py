@@ -26,6 +26,32 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The README's test command runs two pytest-xdist workers, a test file at a time (``--dist loadgroup``, each file its
+# own group): module fixtures are built once. The files that share the session's server run on one worker, and the
+# files that start processes (minutes of imports) are handed out first, so that both workers finish together.
+SAME_WORKER = {"test_serve_page": "test_serve"}
+SLOWEST_FIRST = ("test_distributed", "test_tune", "test_serve", "test_readme", "test_crash", "test_options")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def group(item: pytest.Item) -> str:
+        return SAME_WORKER.get(item.path.stem, item.path.stem)
+
+    def rank(item: pytest.Item) -> int:
+        name = group(item)
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the cores; the processes that tests start set their own threads
+
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:

@@ -256,14 +256,19 @@ def test_a_prediction_process_that_dies_fails_the_command_in_one_line_and_writes
     big.write_text(texts.read_text() * 8, encoding="utf-8")  # still at work when the second process is killed
     run = popen([sys.executable, "-m", "lightbert.cli", "predict", str(trained_checkpoint), "--input", str(big),
                  "--output", str(tmp_path / "out.jsonl"), "--devices", "2"])  # fmt: skip
-    children: list[int] = []
-    deadline = time.monotonic() + 120
-    while not children or (when == "at work" and not list(tmp_path.glob(".out.jsonl.*.partial/rank-1.jsonl"))):
-        assert run.poll() is None and time.monotonic() < deadline
-        children = [int(c) for f in Path(f"/proc/{run.pid}/task").glob("*/children") for c in f.read_text().split()]
-        time.sleep(0.05)
-    os.kill(children[0], signal.SIGKILL)
-    _, err = run.communicate(timeout=120)
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + 120
+        while not children or (when == "at work" and not list(tmp_path.glob(".out.jsonl.*.partial/rank-1.jsonl"))):
+            assert run.poll() is None and time.monotonic() < deadline
+            children = [int(c) for f in Path(f"/proc/{run.pid}/task").glob("*/children") for c in f.read_text().split()]
+            time.sleep(0.05)
+        os.kill(children[0], signal.SIGKILL)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:  # the command hung: leave no process behind
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
     assert run.returncode == 2, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "a process of the group" in lines[0]
