@@ -152,10 +152,6 @@ def parse(p: Any, args: list[str]) -> Any:
 
 
 def run_predict(args: list[str]) -> None:
-    from lightbert.classifier import check_threshold
-    from lightbert.predict import check_output_file, write_predictions
-    from lightbert.tables import count_rows, iter_text_chunks
-
     p = parser(
         "predict", "Label texts with a fine-tuned classifier. Output: JSON Lines, one object per text, in order."
     )
@@ -175,6 +171,11 @@ def run_predict(args: list[str]) -> None:
     add_model_options(p)
     add_process_options(p, "--output in input order")
     config = parse(p, args)
+    # Imported once the options are parsed: --help and a bad option answer at once, without loading torch.
+    from lightbert.classifier import check_threshold
+    from lightbert.predict import check_output_file, write_predictions
+    from lightbert.tables import count_rows, iter_text_chunks
+
     if config.threshold is not None:
         check_threshold(config.threshold)
     if config.batch_size < 1:
@@ -248,10 +249,6 @@ def torch_has_cuda() -> bool:
 
 
 def run_evaluate(args: list[str]) -> None:
-    from lightbert.classifier import check_threshold
-    from lightbert.evaluation import evaluate_file, write_report
-    from lightbert.tables import check_data_file, count_rows
-
     p = parser("evaluate", "Evaluate a model on a labelled file: numbers, confusion matrix, calibration, worst errors.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--input", type=str, required=True, help="labelled file: .csv, .tsv, .jsonl or .parquet")
@@ -286,6 +283,10 @@ def run_evaluate(args: list[str]) -> None:
     add_model_options(p)
     add_process_options(p, "the report")
     config = parse(p, args)
+    from lightbert.classifier import check_threshold
+    from lightbert.evaluation import evaluate_file, write_report
+    from lightbert.tables import check_data_file, count_rows
+
     if config.threshold is not None:
         check_threshold(config.threshold)
     if config.batch_size < 1 or config.top_errors < 0 or config.devices < 1 or config.num_nodes < 1:
@@ -353,8 +354,6 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
 
 
 def run_export(args: list[str]) -> None:
-    from lightbert.export import export
-
     p = parser(
         "export",
         "Write a model as a Hugging Face directory (model.safetensors, config.json with labels, tokenizer, model"
@@ -378,6 +377,8 @@ def run_export(args: list[str]) -> None:
         " newest one written for this model in the run's evaluation/ or ./evaluation/)",
     )
     config = parse(p, args)
+    from lightbert.export import export
+
     result = export(
         config.model,
         config.out_dir,
@@ -397,20 +398,18 @@ def run_export(args: list[str]) -> None:
 
 
 def run_inspect(args: list[str]) -> None:
-    from lightbert.inspection import format_inspection, inspect_model
-
     p = parser("inspect", "Say what a checkpoint or model directory is and holds, without running anything from it.")
     p.add_argument("model", help="a .ckpt file or a Hugging Face model directory")
     p.add_argument("--json", type=bool, default=False, help="print JSON instead of text")
     p.add_argument("--trust_checkpoint", type=bool, default=False, help=TRUST_HELP)
     config = parse(p, args)
+    from lightbert.inspection import format_inspection, inspect_model
+
     info = inspect_model(config.model, trust_checkpoint=config.trust_checkpoint)
     print(json.dumps(info, indent=2, default=str) if config.json else format_inspection(info))
 
 
 def run_serve(args: list[str]) -> None:
-    from lightbert.serve import serve
-
     p = parser(
         "serve",
         'Serve a model over HTTP (LitServe, dynamic batching): POST /predict {"text": ...} or {"texts": [...]},'
@@ -456,6 +455,8 @@ def run_serve(args: list[str]) -> None:
     )
     add_model_options(p, "texts per forward pass (a batch's texts, all requests)")
     config = parse(p, args)
+    from lightbert.serve import serve
+
     serve(
         config.model, host=config.host, port=config.port, base=config.base, max_batch_size=config.max_batch_size,
         batch_timeout=config.batch_timeout, workers=config.workers, precision=config.precision, device=config.device,
@@ -537,6 +538,12 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
 
 def quiet_transformers() -> None:
     # Weight-loading progress bars and "newly initialized" notices are noise on a command line; errors still show.
+    # Through the variables transformers reads when imported, so that --help and a bad option do not import it
+    # (a user's own setting of them wins).
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import yaml
@@ -118,6 +122,35 @@ def test_bad_input_ends_with_one_error_line_and_exit_code_2(args, message):
 def test_the_command_as_a_process_prints_one_line_and_no_traceback_for_a_bad_input(tmp_path):
     result = run_process("predict", tmp_path / "missing.ckpt", "a good film")
     assert_one_error_line(result, "missing.ckpt")
+
+
+def test_help_and_a_bad_option_answer_without_importing_torch():
+    code = (
+        "import contextlib, io, sys\n"
+        "from lightbert.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['predict', '--help'])\n"
+        "assert main(['evaluate', 'model.ckpt', '--input', 'x.csv', '--bogus', '1']) == 2\n"
+        "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("error: unrecognized arguments") and "--bogus" in result.stderr
+
+
+def test_transformers_imported_after_the_options_are_parsed_is_quiet():
+    # No weight-loading progress bars and no "newly initialized" reports on a command line; errors still show.
+    code = (
+        "from lightbert.cli import quiet_transformers\n"
+        "quiet_transformers()\n"
+        "from transformers.utils import logging\n"
+        "assert logging.get_verbosity() == logging.ERROR and not logging.is_progress_bar_enabled()\n"
+    )
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")
+    }
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr
 
 
 def test_missing_label_column_is_a_clear_error(tiny_bert, tmp_path):
