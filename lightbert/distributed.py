@@ -110,6 +110,8 @@ def start(command: Sequence[str], devices: int, num_nodes: int, watching: thread
             timeout=datetime.timedelta(days=1),  # a long file takes long; a process that dies is noticed below
         )
     except BaseException:
+        if watching is not None:
+            watching.set()  # the children stopped here are not a process that died
         stop_children(children)
         raise
     return processes
@@ -156,11 +158,7 @@ def broadcast(processes: Processes, value: Any) -> Any:
 def group(command: Sequence[str], devices: int, num_nodes: int) -> Iterator[Processes]:
     """``start`` the group; on the way out, wait for the processes this one started and leave the group."""
     watching = threading.Event()
-    try:
-        processes = start(command, devices, num_nodes, watching)
-    except BaseException:
-        watching.set()
-        raise
+    processes = start(command, devices, num_nodes, watching)
     try:
         yield processes
         for child in processes.children:
