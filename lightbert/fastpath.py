@@ -8,7 +8,8 @@ rest of the dropout. Here one 64-bit draw from the same generator gives the keep
 16-bit uniform each, compared with ``round(p * 65536)``). It is still dropout: each element is zeroed independently
 with probability ``round(p * 65536) / 65536`` (within 8e-6 of ``p``) and the kept ones are scaled by the inverse
 keep rate, so the expectation is unchanged; the draws come from torch's default CPU generator, so seeding,
-checkpointed RNG state and exact resume work as before. Other devices keep PyTorch's own kernels.
+checkpointed RNG state and exact resume work as before. The mask is applied as a product with 0/1 in the input's
+dtype (vectorized), not through ``torch.where`` (which is not, on CPU). Other devices keep PyTorch's own kernels.
 ``use_cpu_dropout(model)`` switches a Hugging Face model's ``nn.Dropout`` modules and its attention-probability
 dropout (through the ``AttentionInterface``) to this kernel; evaluation paths are untouched.
 
@@ -55,7 +56,9 @@ def keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = N
     words = torch.empty((count + 3) // 4, dtype=torch.int64)
     words.random_(-(1 << 63), None, generator=generator)  # all 64 bits uniform (the default range skips the sign bit)
     uniforms = words.view(torch.int16)[:count].view(shape)  # signed: uniform over [-32768, 32767]
-    return uniforms >= drop_threshold(p) - (_RESOLUTION // 2)
+    keep = torch.empty(shape, dtype=torch.uint8)
+    torch.ge(uniforms, drop_threshold(p) - (_RESOLUTION // 2), out=keep)  # into uint8: 3-4x faster than into bool
+    return keep.view(torch.bool)
 
 
 def _keep_scale(p: float) -> float:
@@ -64,7 +67,13 @@ def _keep_scale(p: float) -> float:
 
 
 def _masked(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.where(keep, x * scale, 0.0)
+    """``x * scale`` where ``keep``, 0 elsewhere (a NaN stays NaN, as in PyTorch's dropout). The mask becomes 0/1 in
+    ``x``'s dtype by a comparison and multiplies ``x``: PyTorch's CPU ``where`` is not vectorized and took 3-4 times
+    as long. Multiplying by 0/1 is exact, and the scale comes last, as a scalar, so the result rounds as ``x * scale``
+    does in every dtype."""
+    factor = torch.empty(keep.shape, dtype=x.dtype, device=x.device)
+    torch.ge(keep.view(torch.uint8), 1, out=factor)
+    return factor.mul_(x).mul_(scale)
 
 
 def autocast_state(tensor: torch.Tensor) -> tuple[str, bool, torch.dtype]:
@@ -156,12 +165,20 @@ def attention_with_cpu_dropout(
         )
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    batch, heads, queries, size = query.shape
+    # One product with the scale inside it (BLAS's alpha), then the mask in place: two fewer passes over the scores.
+    weights = torch.baddbmm(
+        query.new_zeros(()),
+        query.reshape(batch * heads, queries, size),
+        key.reshape(batch * heads, key.shape[2], size).transpose(1, 2),
+        beta=0.0,
+        alpha=scaling,
+    ).view(batch, heads, queries, -1)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+            weights.masked_fill_(~attention_mask, torch.finfo(weights.dtype).min)
         else:
-            weights = weights + attention_mask
+            weights.add_(attention_mask)
     weights = nn.functional.softmax(weights, dim=-1)
     output = _DroppedProbabilitiesTimesValues.apply(weights, value, dropout).transpose(1, 2).contiguous()
     return output, None

@@ -164,6 +164,28 @@ def test_attention_dropout_times_values_has_the_gradients_of_dropout_then_matmul
         torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
 
 
+def test_the_mask_compares_four_16_bit_lanes_of_each_64_bit_draw_with_the_threshold():
+    # The documented stream: seeds, checkpointed RNG states and exact resume depend on it staying the same.
+    torch.manual_seed(5)
+    words = torch.empty(250, dtype=torch.int64).random_(-(1 << 63), None)
+    expected = words.view(torch.int16).view(10, 100) >= drop_threshold(0.1) - 32768
+    torch.manual_seed(5)
+    kept = keep_mask(torch.Size([10, 100]), 0.1)
+    assert kept.dtype == torch.bool
+    assert torch.equal(kept, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masking_rounds_as_x_times_the_scale_in_each_dtype(dtype):
+    from lightbert.fastpath import _masked
+
+    x = torch.randn(64, 48).to(dtype)
+    kept = keep_mask(x.shape, 0.3)
+    scale = 1 / 0.7
+    assert torch.equal(_masked(x, kept, scale), torch.where(kept, x * scale, 0.0))
+    assert torch.equal(_masked(x.t(), kept.t(), scale), torch.where(kept.t(), x.t() * scale, 0.0))  # strided input
+
+
 def test_masks_follow_torch_manual_seed():
     torch.manual_seed(7)
     first = keep_mask(torch.Size([64, 64]), 0.1)
