@@ -166,19 +166,23 @@ def attention_with_cpu_dropout(
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     batch, heads, queries, size = query.shape
-    # One product with the scale inside it (BLAS's alpha), then the mask in place: two fewer passes over the scores.
-    weights = torch.baddbmm(
-        query.new_zeros(()),
-        query.reshape(batch * heads, queries, size),
-        key.reshape(batch * heads, key.shape[2], size).transpose(1, 2),
-        beta=0.0,
-        alpha=scaling,
-    ).view(batch, heads, queries, -1)
+    keys = key.shape[2]
+    # One product that also scales (BLAS's alpha) and adds the mask (its beta), instead of a product, a pass over the
+    # scores to scale them and another to mask them, and their backward passes.
+    bias = query.new_zeros(())
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            weights.masked_fill_(~attention_mask, torch.finfo(weights.dtype).min)
+            bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+            bias.masked_fill_(~attention_mask, torch.finfo(query.dtype).min)
         else:
-            weights.add_(attention_mask)
+            bias = attention_mask.to(query.dtype)
+        bias = bias.expand(batch, heads, -1, -1).reshape(batch * heads, bias.shape[-2], keys)
+    weights = torch.baddbmm(
+        bias,
+        query.reshape(batch * heads, queries, size),
+        key.reshape(batch * heads, keys, size).transpose(1, 2),
+        alpha=scaling,
+    ).view(batch, heads, queries, keys)
     weights = nn.functional.softmax(weights, dim=-1)
     output = _DroppedProbabilitiesTimesValues.apply(weights, value, dropout).transpose(1, 2).contiguous()
     return output, None

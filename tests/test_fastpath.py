@@ -164,6 +164,31 @@ def test_attention_dropout_times_values_has_the_gradients_of_dropout_then_matmul
         torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("mask_kind", ["boolean", "additive", "none"])
+def test_training_attention_is_the_eager_computation_with_each_kind_of_mask(mask_kind):
+    # The scale and the mask go inside one product (baddbmm's alpha and bias): same scores, same gradients.
+    from lightbert.fastpath import attention_with_cpu_dropout
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, 5, 4, generator=generator, requires_grad=True) for _ in range(3))
+    keep = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    keep[0, ..., 3:] = False  # the first sequence is padded after 3 tokens
+    mask = {"boolean": keep, "additive": torch.where(keep, 0.0, -1e9), "none": None}[mask_kind]
+    output, _ = attention_with_cpu_dropout(nn.Module(), query, key, value, mask, scaling=0.5, dropout=NO_DROP)
+    scores = query @ key.transpose(2, 3) * 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    expected = (torch.softmax(scores, -1) @ value).transpose(1, 2)
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=0)
+    out_grad = torch.randn(output.shape, generator=generator)
+    for actual, wanted in zip(
+        torch.autograd.grad(output, (query, key, value), out_grad),
+        torch.autograd.grad(expected, (query, key, value), out_grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(actual, wanted, atol=1e-6, rtol=0)
+
+
 def test_the_mask_compares_four_16_bit_lanes_of_each_64_bit_draw_with_the_threshold():
     # The documented stream: seeds, checkpointed RNG states and exact resume depend on it staying the same.
     torch.manual_seed(5)
