@@ -8,6 +8,8 @@ bundled all-MiniLM-L6-v2 on SST-2 batches of 32 grouped by length like the Train
 plain HF model and with the fast paths added one by one; the models take the same batches in alternating order,
 so the machine's drift hits them alike. ``--compile`` adds the plain model under ``torch.compile`` (inductor,
 dynamic shapes), a candidate lightbert does not use, with the time its first step takes to compile.
+``--baseline FILE`` adds a model with all the fast paths of another version of ``lightbert/fastpath.py`` (for example
+``git show REV:lightbert/fastpath.py > /tmp/fastpath_rev.py``), to measure a change to them in the same run.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import importlib.machinery
+import importlib.util
 import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from measure import machine
@@ -43,6 +48,7 @@ CONFIGS = {
     ],
 }
 COMPILED = "plain HF model, torch.compile (not used)"
+ALL_FAST_PATHS = [switch.__name__ for switch in CONFIGS["+ GELU recomputed in backward (saves memory)"]]
 
 
 def milliseconds(function, repeats: int = 50) -> float:
@@ -82,12 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="also measure the plain model under torch.compile (not used)"
     )
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--baseline", type=Path, help="another version's fastpath.py: its fast paths side by side")
     return parser
+
+
+def baseline_switches(path: Path) -> list[Any]:
+    """All the fast paths of the ``fastpath.py`` at ``path``, its attention registered under a name of its own."""
+    loader = importlib.machinery.SourceFileLoader("baseline_fastpath", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None  # a file loader always gives one
+    module: Any = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    module.ATTENTION_NAME = f"{fastpath.ATTENTION_NAME}_baseline"
+    return [getattr(module, name) for name in ALL_FAST_PATHS]
 
 
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
+    if args.baseline and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
     print(machine(), flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -111,8 +131,11 @@ def main() -> None:
     data = batches(AutoTokenizer.from_pretrained(base), args.steps + 2)
     torch.manual_seed(0)
     plain = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2, dtype=torch.float32)
+    configs = dict(CONFIGS)
+    if args.baseline:
+        configs[f"all fast paths of {args.baseline.name}"] = baseline_switches(args.baseline)
     runs = {}
-    for name, switches in CONFIGS.items():
+    for name, switches in configs.items():
         model = copy.deepcopy(plain).train()
         for switch in switches:
             switch(model)
