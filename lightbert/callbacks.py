@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -15,7 +16,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.errors import LightbertError
+from lightbert.runs import run_record
 from lightbert.safety import atomic_write, check_writable_directory, remove_stale_temporaries
+
+BEST_ALIAS = "best.ckpt"  # the best checkpoint under a name to script against, beside Lightning's descriptive one
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -58,7 +62,17 @@ class Checkpointing(ModelCheckpoint):
     - on SIGTERM (preemption, ``kill``), saves ``last.ckpt`` at the batch boundary where Lightning stops;
     - refreshes ``last.ckpt`` at every validation (and epoch end), also when the monitored metric did not improve:
       Lightning 2.6 refreshes it only when it saves a top-k checkpoint, which would leave ``last.ckpt`` (the one
-      to resume from) at an older epoch.
+      to resume from) at an older epoch;
+    - keeps the best checkpoint also as ``best.ckpt`` (a hard link where the file system has them, else a copy),
+      and remembers each saved checkpoint's epoch, step and validation metrics (``best_details``,
+      ``last_details``), for the run's summary;
+    - restores its whole top-k state on resume (``best_model_score``, ``best_model_path``, the k best,
+      ``kth_value``), also when the resumed run writes to another directory, where Lightning keeps only
+      ``best_model_path``: a resumed run names the same best checkpoint as the uninterrupted one;
+    - makes a checkpoint written during a validation (a SIGTERM there) resume by running that validation again from
+      its first batch, where Lightning would skip it or finish it on part of the data;
+    - records in each checkpoint the run directory and how many rows its ``metrics.csv`` holds
+      (``lightbert.runs``), so that ``lightbert fit --ckpt_path`` continues the run's log.
 
     Args:
         last_every_n_steps: refresh last.ckpt every N optimizer steps (default: only at validations).
@@ -74,6 +88,94 @@ class Checkpointing(ModelCheckpoint):
         self.last_every_n_steps = last_every_n_steps
         self._last_step_refreshed = -1
         self.saved_on_sigterm: str | None = None
+        self.best_details: dict[str, dict[str, Any]] = {}  # path -> {"epoch", "step", "metrics"}
+        self.last_details: dict[str, Any] | None = None
+        self.validations_run = 0  # in this process (a resume may validate the epoch a stop interrupted)
+        # A step-wise checkpoint is written before Lightning logs that batch's row: the row goes into the checkpoint,
+        # and a run resumed from it logs the row first.
+        self._pending_row: dict[str, Any] | None = None
+
+    @property
+    def best_alias_path(self) -> str | None:
+        """``<dirpath>/best.ckpt`` when there is a best checkpoint under another name."""
+        if not self.best_model_path or not self.dirpath:
+            return None
+        alias = os.path.join(self.dirpath, BEST_ALIAS)
+        return None if os.path.abspath(alias) == os.path.abspath(self.best_model_path) else alias
+
+    def _details(self, trainer: Any) -> dict[str, Any]:
+        candidates = self._monitor_candidates(trainer)
+        metrics = {}
+        for name, value in candidates.items():
+            if name.startswith("val_"):
+                number = float(value)
+                if number == number:  # NaN says nothing about a checkpoint
+                    metrics[name] = number
+        return {"epoch": int(candidates["epoch"]), "step": int(candidates["step"]), "metrics": metrics}
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        # Lightning sets best_k_models (top-k) or last_model_path before it saves: the details are part of the state.
+        if filepath in self.best_k_models:
+            self.best_details[filepath] = self._details(trainer)
+            self.best_details = {p: d for p, d in self.best_details.items() if p in self.best_k_models}
+        else:
+            self.last_details = self._details(trainer)
+        super()._save_checkpoint(trainer, filepath)
+
+    def _update_best_and_save(self, current: Any, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+        self._link_best(trainer)
+
+    def _link_best(self, trainer: Any) -> None:
+        """Point ``best.ckpt`` at the best checkpoint: a hard link renamed into place (atomic), else a copy."""
+        alias = self.best_alias_path
+        if alias is None or not trainer.is_global_zero or "://" in alias or not os.path.isfile(self.best_model_path):
+            return
+        if os.path.isfile(alias) and os.path.samefile(alias, self.best_model_path):
+            return
+        staged = os.path.join(os.path.dirname(alias), f".{BEST_ALIAS}.{os.getpid()}.link.tmp")
+        try:
+            if os.path.lexists(staged):
+                os.remove(staged)
+            os.link(self.best_model_path, staged)
+            os.replace(staged, alias)
+        except OSError:
+            with open(self.best_model_path, "rb") as source:
+                atomic_write(Path(alias), lambda f: f.write(source.read()), what="checkpoint")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["best_details"] = dict(self.best_details)
+        state["last_details"] = self.last_details
+        state["pending_row"] = self._pending_row
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the top-k state only into the same directory; the best so far is the run's, wherever
+        # the resumed run writes (Lightning never removes a checkpoint outside its own directory).
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_model_path = state_dict["best_model_path"]
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+        self.best_k_models = dict(state_dict.get("best_k_models", self.best_k_models))
+        self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
+        self.best_details = dict(state_dict.get("best_details") or {})
+        self.last_details = state_dict.get("last_details")
+        self._pending_row = state_dict.get("pending_row")
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        own = checkpoint.get("callbacks", {}).get(self.state_key)
+        if own is not None:
+            own["run"] = run_record(trainer)
+        fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
+        if trainer.validating and trainer.state.fn == "fit" and not trainer.sanity_checking and fit_loop:
+            # Saved during a validation (SIGTERM): resume as if it had not started. Lightning resumes a validation
+            # at the batch where it stopped, on metrics that start from nothing, or skips it.
+            fit_loop["epoch_loop.val_loop.batch_progress"] = {
+                "total": {"ready": 1, "started": 1, "processed": 0, "completed": 0},
+                "current": {"ready": 1, "started": 1, "processed": 0, "completed": 0},
+                "is_last_batch": False,
+            }
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -85,11 +187,17 @@ class Checkpointing(ModelCheckpoint):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)
+        self._link_best(trainer)  # a run stopped between its best checkpoint and the link, or resumed elsewhere
+        if self._pending_row is not None:
+            trainer._logger_connector.log_metrics(dict(self._pending_row["metrics"]), step=self._pending_row["step"])
+            self._pending_row = None
         connector = getattr(trainer, "_signal_connector", None)
         if connector is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, sigterm_handler(trainer, connector))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.validations_run += 1
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._refresh_last(trainer)
@@ -119,9 +227,23 @@ class Checkpointing(ModelCheckpoint):
         ):
             self._last_step_refreshed = step
             saved_step = self._last_global_step_saved
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._pending_row = self._row_to_log(trainer)
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self._pending_row = None
             # A step save must not stop the validation at this same step from saving the best checkpoint.
             self._last_global_step_saved = saved_step
+
+    @staticmethod
+    def _row_to_log(trainer: Any) -> dict[str, Any] | None:
+        """The row Lightning logs for this batch once its hooks are done (None when it logs none)."""
+        connector = trainer._logger_connector
+        if not trainer.loggers or trainer.fit_loop._should_accumulate() or not connector.should_update_logs:
+            return None
+        metrics = {name: float(value) for name, value in connector.metrics["log"].items()}
+        metrics.setdefault("epoch", trainer.current_epoch)  # as Lightning adds it when it logs the row itself
+        return {"metrics": metrics, "step": int(trainer.fit_loop.epoch_loop._batches_that_stepped)}
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Lightning raises SIGTERMException between batches, where the state is consistent and resumable.

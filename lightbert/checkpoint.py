@@ -166,6 +166,7 @@ def build_section(
     metrics: dict[str, float] | None = None,
     rng_by_rank: list[Any] | None = None,
     class_weights: list[float] | None = None,
+    data_files: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     section = {
         "format_version": FORMAT_VERSION,
@@ -180,6 +181,7 @@ def build_section(
         "rng_by_rank": rng_by_rank,
         "metrics": dict(metrics or {}),
         "class_weights": list(class_weights) if class_weights else None,
+        "data_files": data_files,  # the data's files by contents: to validate again, or resume, on the same data
     }
     check_weights_only_safe(section, "checkpoint['lightbert']")
     return section

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,9 +35,10 @@ from lightbert.hf import (
 )
 from lightbert.labels import LabelEncoder, Task, check_task
 from lightbert.loader import starting_point
-from lightbert.tables import check_data_file, read_table, select_columns
+from lightbert.tables import check_data_file, column_keys, fingerprint, read_table, select_columns
 
 MIN_LENGTH = 4  # a special token on each side of a text, and room for it
+LABELS_SHOWN = 10  # the labels fit names before it says how many more
 
 
 @dataclass
@@ -106,6 +108,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.train_given = train is not None
+        self.validation_given = validation is not None
         if train is None:
             train, validation = str(SST2_TRAIN), validation or str(SST2_VALIDATION)
         check_task(task)
@@ -165,6 +168,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_sampler: LengthGroupedSampler | None = None
         self._resume_state: dict[str, int] | None = None
         self._checkpoint_labels = False
+        self._fingerprints: dict[str, Any] | None = None
+        self.train_columns: tuple[Any, Any, Any] | None = None  # the keys of the columns read from train
+        self.train_label_counts: list[int] | None = None
+        self.recorded_files_note: str | None = None  # what use_checkpoint took from the checkpoint, said by the CLI
 
     @property
     def eval_batch_size(self) -> int:
@@ -186,6 +193,80 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.task, self.labels = section["task"], section["labels"]
         self.label_delimiter = self.label_delimiter or (section.get("data") or {}).get("label_delimiter")
         self._checkpoint_labels = True
+
+    def use_recorded_files(self, section: dict[str, Any], stage: str, path: str | Path) -> None:
+        """For ``validate``/``test`` of a checkpoint given no data options: the files its run recorded, unchanged
+        since (size and SHA-256), with its columns and its split; never the bundled sample unless that is what the
+        run trained on."""
+        role = "validation" if stage == "validate" else "test"
+        given = self.validation_given or self.train_given if role == "validation" else self.test_path is not None
+        if given:
+            return
+        files = section.get("data_files")
+        option = "--data.validation" if role == "validation" else "--data.test"
+        if not isinstance(files, dict) or not isinstance(files.get("train"), dict):
+            raise LightbertError(
+                f"{path} does not record its data files, and no {option} was given", f"pass {option} FILE"
+            )
+        recorded = files.get(role) or (files["train"] if role == "validation" else None)
+        if recorded is None:
+            raise LightbertError(f"the run of {path} had no test file", "pass --data.test FILE")
+        current = Path(recorded["path"])
+        if not current.is_file():
+            raise LightbertError(f"{current}, the {role} file recorded in {path}, is gone", f"pass {option} FILE")
+        now = fingerprint(current)
+        if (now["size"], now["sha256"]) != (recorded["size"], recorded["sha256"]):
+            raise LightbertError(
+                f"{current}, the {role} file recorded in {path}, has changed since the run",
+                f"pass {option} FILE to use it as it is now",
+            )
+        data = section.get("data") or {}
+        for name in ("text_column", "text_pair_column", "label_column"):
+            if getattr(self, name) is None:
+                setattr(self, name, data.get(name))
+        if role == "test":
+            self.test_path = str(current)
+        elif files.get("validation") is not None:
+            self.validation_path = str(current)
+        else:  # validation was a seeded split of the training file: the same rows again
+            split = files.get("split") or {}
+            self.train_path, self.validation_path, self.train_given = str(current), None, True
+            self.val_fraction = float(split.get("val_fraction", self.val_fraction))
+            self.seed = int(split.get("seed", self.seed))
+            self.header = split.get("header", self.header)
+        how = "" if files.get(role) is not None else f" (its held-out {self.val_fraction:g} split)"
+        self.recorded_files_note = f"{role} data: {current}{how}, as recorded in the checkpoint and unchanged"
+
+    def file_fingerprints(self) -> dict[str, Any]:
+        """The data files this module reads, by contents (``tables.fingerprint``), and how validation was split
+        off the training file when it was: what a checkpoint records to validate again or resume on the same data."""
+        if self._fingerprints is None:
+            self._fingerprints = {
+                "train": fingerprint(self.train_path),
+                "validation": fingerprint(self.validation_path) if self.validation_path is not None else None,
+                "test": fingerprint(self.test_path) if self.test_path is not None else None,
+                "split": {"val_fraction": self.val_fraction, "seed": self.seed, "header": self.header},
+            }
+        return self._fingerprints
+
+    def describe(self) -> list[str]:
+        """What fit inferred from the data, a line each: the task, the labels (with their training counts) and the
+        columns read."""
+        assert self.task is not None
+        given = self.hparams.get("task") is not None
+        lines = [f"task: {self.task} ({'--data.task' if given else 'inferred from the labels; --data.task to choose'})"]
+        if self.labels is not None:
+            counts = self.train_label_counts or []
+            shown = [f"{name} ({counts[i]:,})" if i < len(counts) else str(name) for i, name in
+                     enumerate(self.labels[:LABELS_SHOWN])]  # fmt: skip
+            more = f", … ({len(self.labels) - LABELS_SHOWN} more)" if len(self.labels) > LABELS_SHOWN else ""
+            per = "training rows" if self.task == "single_label" else "training rows with it"
+            lines.append(f"labels: {len(self.labels)}, with their {per}: {', '.join(shown)}{more}")
+        if self.train_columns is not None:
+            text, pair, label = self.train_columns
+            parts = [f"text {text!r}"] + ([f"text_pair {pair!r}"] if pair is not None else []) + [f"label {label!r}"]
+            lines.append(f"columns of {Path(self.train_path).name}: {', '.join(parts)}")
+        return lines
 
     # -- settings the model and the checkpoint need -------------------------------------------------------------
 
@@ -209,6 +290,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         expected = [self.text_column, self.text_pair_column, self.label_column]
         table = read_table(path, self.header, expected_columns=expected)
         texts, pairs, labels = select_columns(table, path, self.text_column, self.text_pair_column, self.label_column)
+        if path == self.train_path:
+            self.train_columns = column_keys(table, path, self.text_column, self.text_pair_column, self.label_column)
         return Rows(texts, pairs, labels or [])
 
     def _ensure_tokenizer(self) -> None:
@@ -272,6 +355,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             if base_labels is not None and set(base_labels) == set(self.encoder.labels):
                 self.encoder.labels = base_labels
         self.task, self.labels = self.encoder.task, self.encoder.labels  # type: ignore[assignment]
+        if self.labels is not None:
+            targets = self.encoder.encode(train.labels, str(self.train_path))
+            if self.task == "single_label":
+                tally = Counter(targets.tolist())
+                self.train_label_counts = [tally.get(i, 0) for i in range(len(self.labels))]
+            else:
+                self.train_label_counts = [int(n) for n in targets.sum(dim=0).tolist()]
         self.datasets["train"] = self._dataset(train, str(self.train_path))
         if self.batch_size is None:
             self.batch_size = fitted_batch_size(len(self.datasets["train"]))

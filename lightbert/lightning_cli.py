@@ -32,6 +32,7 @@ from lightbert.devices import warn_if_bf16_is_slow
 from lightbert.errors import LightbertError, Terminated, one_line
 from lightbert.labels import describe_class_weights
 from lightbert.model import SequenceClassifier, logged_metrics, not_resumable
+from lightbert.runs import ResumedRun, default_loggers, resumed_run
 from lightbert.safety import check_writable_directory
 from lightbert.sources import ModelSource, identify
 
@@ -40,20 +41,6 @@ SUBCOMMANDS = ("fit", "validate", "test")
 
 class OneLineErrorParser(OneLineErrors, LightningArgumentParser):
     """Parse errors become ``error: ... (...)`` on one line, like every other user error."""
-
-
-def default_loggers(root_dir: str | Path) -> list[Any]:
-    """A CSV log (and TensorBoard, when installed) in ``<root_dir>/version_N``, the run directory."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    csv_logger = CSVLogger(save_dir=str(root_dir), name="")
-    loggers: list[Any] = [csv_logger]
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return loggers
-    loggers.append(TensorBoardLogger(save_dir=str(root_dir), name="", version=csv_logger.version))
-    return loggers
 
 
 def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
@@ -66,6 +53,23 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
                 parts.append(f"{name[len(prefix) :]} {number:.4f}")
     stage = "validation" if prefix == "val_" else "test"
     return f"{stage}: {', '.join(parts) if parts else 'no metrics'}"
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working directory when it is inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative  # type: ignore[return-value]
+
+
+def describe_checkpoint(role: str, path: str, details: dict[str, Any] | None, monitor: str | None) -> str:
+    """``best: epoch 1, step 376, val_loss 0.3174, accuracy 0.8920 → runs/version_0/checkpoints/best.ckpt``."""
+    parts = []
+    if details:
+        parts = [f"epoch {details['epoch']}", f"step {details['step']}"]
+        metrics = details.get("metrics") or {}
+        names = sorted(metrics, key=lambda name: (name != monitor, name))
+        parts += [f"{name if name == monitor else name.removeprefix('val_')} {metrics[name]:.4f}" for name in names]
+    return f"{role}: {', '.join(parts) + ' → ' if parts else ''}{shown_path(path)}"
 
 
 def process_count(devices: Any, num_nodes: Any) -> int | None:
@@ -94,6 +98,37 @@ def tokenizer_source(base: str | None, recipe_base: str | None) -> str | None:
     return recipe_base or base
 
 
+# What a resumed run must share with the run it continues (the data files are compared by their contents; the class
+# weights, labels, task, batch size and processes are checked where they are read).
+RESUME_MUST_MATCH = (
+    "seed_everything",
+    *(f"model.{name}" for name in ("base", "recipe_base", "learning_rate", "weight_decay", "warmup_ratio",
+                                   "warmup_steps", "new_head", "tune_thresholds")),
+    *(f"data.{name}" for name in ("text_column", "text_pair_column", "label_column", "label_delimiter", "header",
+                                  "max_length", "val_fraction", "seed", "long_texts", "stride")),
+    *(f"trainer.{name}" for name in ("accumulate_grad_batches", "precision", "gradient_clip_val",
+                                     "gradient_clip_algorithm")),
+    "checkpoint.monitor",
+    "checkpoint.mode",
+)  # fmt: skip
+
+
+def _normal(option: str, value: Any) -> Any:
+    """A value as it acts: a path resolved, Lightning's spellings of a precision as one."""
+    if option == "trainer.precision":
+        text = "32" if value is None else str(value)
+        return {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(text, text)
+    if option == "trainer.accumulate_grad_batches":
+        return 1 if value is None else value
+    if option in ("model.base", "model.recipe_base") and isinstance(value, str):
+        return os.path.realpath(value)
+    return value
+
+
+def _file_name(fingerprint: dict[str, Any] | None) -> str:
+    return fingerprint["path"] if fingerprint else "(none: a split of the training file)"
+
+
 class LightbertCLI(LightningCLI):
     """The fit/validate/test commands. ``running`` is the instance whose subcommand runs (its constructor runs it),
     so a SIGTERM caught outside can find its checkpoint callback."""
@@ -102,6 +137,8 @@ class LightbertCLI(LightningCLI):
 
     def __init__(self, args: list[str]) -> None:
         self._resumed_step: int | None = None
+        self._resumed_epoch = 0
+        self._resumed_run: ResumedRun | None = None
         super().__init__(
             SequenceClassifier,
             ClassificationDataModule,
@@ -178,10 +215,18 @@ class LightbertCLI(LightningCLI):
         checkpoint = self._checkpoint_to_restore()
         if checkpoint is not None:  # its tokenizer, labels and limits, whatever the base
             self.datamodule.use_checkpoint(checkpoint.section)
+            if self.subcommand in ("validate", "test"):
+                self.datamodule.use_recorded_files(checkpoint.section, str(self.subcommand), checkpoint.path)
+                if self.datamodule.recorded_files_note and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+                    print(self.datamodule.recorded_files_note)
         self.datamodule.setup(self.subcommand)
         self.model.preflight(self.datamodule, checkpoint, str(self.subcommand))
         if self.subcommand == "fit":
             self._fit_settings_to_data()
+            if checkpoint is not None:
+                self._check_resume_options(checkpoint)
+            if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+                print("\n".join(self.datamodule.describe()))
         if self.subcommand == "fit" and self.model.loss_weights and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
             print(describe_class_weights(str(self.model.task), list(self.model.labels or []), self.model.loss_weights))
         self._check_monitor()
@@ -262,11 +307,17 @@ class LightbertCLI(LightningCLI):
             self.save_config_callback = None  # evaluating a checkpoint writes no run directory
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True):
-            # A run directory for training; evaluating a checkpoint prints its metrics and writes nothing.
-            kwargs["logger"] = (
-                default_loggers(config.get("default_root_dir") or "runs") if self.subcommand == "fit" else False
-            )
+            # A run directory for training (a resumed run's own); evaluating a checkpoint writes nothing.
+            root = config.get("default_root_dir") or "runs"
+            kwargs["logger"] = default_loggers(root, self._resumed_run) if self.subcommand == "fit" else False
+            if self._resumed_run is not None:
+                self.save_config_kwargs["overwrite"] = True  # the run's config.yaml, now with this run's options
+                warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
         trainer = super().instantiate_trainer(**kwargs)
+        if self._resumed_step is not None and self.subcommand == "fit" and trainer.is_global_zero:
+            where = trainer.log_dir or "no run directory"
+            how = "continuing its run directory" if self._resumed_run is not None else "in a new run directory"
+            print(f"resuming at epoch {self._resumed_epoch}, step {self._resumed_step}, {how}: {shown_path(where)}")
         if str(trainer.precision).startswith("bf16"):
             warn_if_bf16_is_slow(trainer.strategy.root_device)
         trial = os.environ.get(TRIAL_ENVIRONMENT)
@@ -297,9 +348,46 @@ class LightbertCLI(LightningCLI):
                 f"start from it with --model.base {ckpt_path}",
             )
         self._resumed_step = int((source.checkpoint or {}).get("global_step", 0))
+        self._resumed_epoch = int((source.checkpoint or {}).get("epoch", 0))
         if self.subcommand == "fit":
             self._check_resume_layout(source)
+            if self._get(self.config_init, "trainer", default={}).get("logger") in (None, True):
+                self._resumed_run = resumed_run(ckpt_path, source.checkpoint or {})
         return source
+
+    def _check_resume_options(self, source: ModelSource) -> None:
+        """Resuming continues the run the checkpoint was taken from: options that would change what is trained
+        (and the contents of its data files) must be the checkpoint's. How long to train, where to log and how to
+        evaluate may change."""
+        import yaml
+
+        recorded = yaml.safe_load(source.section.get("training_config") or "") or {}
+        if not isinstance(recorded, dict):
+            return
+        changed = []
+        for option in RESUME_MUST_MATCH:
+            section, _, name = option.rpartition(".")
+            options = recorded.get(section) if section else recorded
+            if not isinstance(options, dict) or name not in options:
+                continue  # not recorded (an older checkpoint): nothing to compare with
+            before, now = options[name], self._get(self.config, option)
+            if _normal(option, before) != _normal(option, now):
+                changed.append((option, before, now))
+        files = source.section.get("data_files")
+        if isinstance(files, dict):
+            own = self.datamodule.file_fingerprints()
+            for role in ("train", "validation"):
+                before, now = files.get(role), own.get(role)
+                if (before is None) != (now is None):
+                    changed.append((f"data.{role}", _file_name(before), _file_name(now)))
+                elif before and now and (before["size"], before["sha256"]) != (now["size"], now["sha256"]):
+                    changed.append((f"data.{role}", before["path"], f"{now['path']} (other contents)"))
+        if changed:
+            listed = ", ".join(f"--{option} {now} (the run's: {before})" for option, before, now in changed)
+            raise LightbertError(
+                f"{source.path} cannot resume with options that change what is trained: {listed}",
+                "resume with the run's own options (its config.yaml), or start a new run from it with --model.base",
+            )
 
     def _check_resume_layout(self, source: ModelSource) -> None:
         """Before anything starts: the run resumes with the processes and batch size that wrote the checkpoint
@@ -323,28 +411,46 @@ class LightbertCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        if self._resumed_step is not None and trainer.global_step == self._resumed_step:
-            print(
-                f"the run is already complete at epoch {trainer.current_epoch}, step {trainer.global_step}: nothing"
-                " trained (raise --trainer.max_epochs or --trainer.max_steps to train further)"
-            )
-            return
-        print(summarize_metrics(trainer.callback_metrics, "val_"))
-        for stopper in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(stopper, StopEarly) and stopper.stop_message:
-                print(stopper.stop_message)
-        if self.model.thresholds:
-            picked = ", ".join(f"{name} {t:.3f}" for name, t in self.model.thresholds.items())
-            print(f"thresholds picked on the validation data (at the latest validation): {picked}")
         callback: Any = trainer.checkpoint_callback
-        if callback is not None:
-            print(f"best checkpoint: {callback.best_model_path or '(none)'}")
-            print(f"last checkpoint: {callback.last_model_path or '(none)'}")
-            chosen = callback.best_model_path or callback.last_model_path
-            if chosen and self._get(self.config, "evaluation_dir", default=None):
-                from lightbert.loader import load
+        if self._resumed_step is not None and trainer.global_step == self._resumed_step:
+            if isinstance(callback, Checkpointing) and callback.validations_run:
+                print(f"the run had stopped during its validation at step {trainer.global_step}: validated again")
+            print(
+                f"the run is already complete after {trainer.current_epoch} epoch(s), step {trainer.global_step}:"
+                " nothing trained (raise --trainer.max_epochs or --trainer.max_steps to train further)"
+            )
+        else:
+            for stopper in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(stopper, StopEarly) and stopper.stop_message:
+                    print(stopper.stop_message)
+            if self.model.thresholds:
+                picked = ", ".join(f"{name} {t:.3f}" for name, t in self.model.thresholds.items())
+                print(f"thresholds picked on the validation data (at the latest validation): {picked}")
+        if not isinstance(callback, Checkpointing):
+            print(summarize_metrics(trainer.callback_metrics, "val_"))
+            return
+        for line in self._checkpoint_summary(callback):
+            print(line)
+        chosen = callback.best_model_path or callback.last_model_path
+        if chosen and self._get(self.config, "evaluation_dir", default=None):
+            from lightbert.loader import load
 
-                self._write_evaluation(load(chosen))
+            self._write_evaluation(load(chosen))
+
+    @staticmethod
+    def _checkpoint_summary(callback: Checkpointing) -> list[str]:
+        """The best and the last checkpoint, each with its epoch, step and validation metrics."""
+        lines = []
+        best = callback.best_model_path
+        if best:
+            alias = callback.best_alias_path
+            path = best if alias is None or not os.path.isfile(alias) else f"{alias} ({os.path.basename(best)})"
+            lines.append(describe_checkpoint("best", path, callback.best_details.get(best), callback.monitor))
+        elif callback.monitor:
+            lines.append(f"best: (none: no validation measured {callback.monitor})")
+        if callback.last_model_path:
+            lines.append(describe_checkpoint("last", callback.last_model_path, callback.last_details, callback.monitor))
+        return lines
 
     def after_validate(self) -> None:
         if self.trainer.is_global_zero:
@@ -366,6 +472,8 @@ def run(args: list[str]) -> None:
     """Run ``lightbert fit|validate|test`` (``args`` starts with the subcommand)."""
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # lightbert's data module restores the position in the epoch itself (its state_dict)
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:

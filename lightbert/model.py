@@ -194,6 +194,7 @@ class SequenceClassifier(pl.LightningModule):
         self.tokenizer: Any = None
         self.data_settings: dict[str, Any] = {}
         self.training_config: str | None = None  # the resolved YAML config, set by the CLI
+        self.data_files: dict[str, Any] | None = None  # the data files by contents (ClassificationDataModule)
         self._rng_to_restore: dict[str, Any] | None = None
         self._tokenizer_files: dict[str, Any] | None = None
         self._start: StartingPoint | None = None
@@ -253,6 +254,8 @@ class SequenceClassifier(pl.LightningModule):
         if self.hparams["learning_rate"] is None:  # the checkpoint records the value used
             self.hparams["learning_rate"] = fitted_learning_rate(len(train) if train is not None else SMALL_DATA)
         self.data_settings = datamodule.settings()
+        fingerprints = getattr(datamodule, "file_fingerprints", None)
+        self.data_files = fingerprints() if fingerprints is not None and train is not None else None
         if self.hparams["tune_thresholds"] and self.task != "multi_label":
             raise LightbertError(
                 f"--model.tune_thresholds picks multi-label thresholds, and this data is {self.task}",
@@ -411,6 +414,13 @@ class SequenceClassifier(pl.LightningModule):
             restore_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # A run that ends on max_steps inside an epoch would otherwise end unvalidated, with no best checkpoint:
+        # asking it to stop lets Lightning validate first (as it does for max_time and early stopping).
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= trainer.global_step and trainer.enable_validation:
+            trainer.should_stop = True
+
     def loss_and_logits(
         self, batch: dict[str, torch.Tensor], by_document: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -540,6 +550,7 @@ class SequenceClassifier(pl.LightningModule):
             rng_by_rank=rng_by_rank,
             metrics=self._validation_metrics(),
             class_weights=self.loss_weights,
+            data_files=self.data_files,
         )
 
     def _validation_metrics(self) -> dict[str, float]:

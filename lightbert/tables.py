@@ -9,6 +9,7 @@ predict. Python's csv and json modules (and pyarrow for Parquet) rather than pan
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -261,6 +262,26 @@ def select_columns(
     only when one is called sentence2/text_pair/... (and ``detect_pair``), and a label column called label/...
     (else the last column). ``option`` prefixes the option named in errors (``--data.`` for fit, ``--`` else).
     """
+    text_key, pair_key, label_key = column_keys(
+        table, path, text_column, text_pair_column, label_column, require_label, detect_pair, option
+    )
+    texts = _text_values(table[text_key], path, "text", first_row)
+    pairs = _text_values(table[pair_key], path, "text_pair", first_row) if pair_key is not None else None
+    labels = list(table[label_key]) if label_key is not None else None
+    return texts, pairs, labels
+
+
+def column_keys(
+    table: Table,
+    path: str | Path,
+    text_column: Column = None,
+    text_pair_column: Column = None,
+    label_column: Column = None,
+    require_label: bool = True,
+    detect_pair: bool = True,
+    option: str = "--data.",
+) -> tuple[Any, Any, Any]:
+    """The keys of the text, pair and label columns that ``select_columns`` reads (None: no such column)."""
     if text_column is not None:
         text_key = resolve_column(table, text_column, "text", path, option)
     else:
@@ -278,10 +299,16 @@ def select_columns(
             raise LightbertError(
                 f"{path} has no label column", f"pass {option}label_column (a name or a 0-based position)"
             )
-    texts = _text_values(table[text_key], path, "text", first_row)
-    pairs = _text_values(table[pair_key], path, "text_pair", first_row) if pair_key is not None else None
-    labels = list(table[label_key]) if label_key is not None else None
-    return texts, pairs, labels
+    return text_key, pair_key, label_key
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies a data file's contents: its absolute path, size and SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(Path(path).resolve()), "size": Path(path).stat().st_size, "sha256": digest.hexdigest()}
 
 
 def is_missing(value: Any) -> bool:
