@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -139,9 +140,9 @@ class Checkpointing(ModelCheckpoint):
                 os.remove(staged)
             os.link(self.best_model_path, staged)
             os.replace(staged, alias)
-        except OSError:
+        except OSError:  # no hard links here: a copy
             with open(self.best_model_path, "rb") as source:
-                atomic_write(Path(alias), lambda f: f.write(source.read()), what="checkpoint")
+                atomic_write(Path(alias), lambda f: shutil.copyfileobj(source, f), what="checkpoint")
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -365,3 +366,26 @@ class TrialReporter(Callback):
             f.write(data)
 
         atomic_write(self.result, write, what="trial result")
+
+
+def progress_bar() -> Any:
+    """Lightning's progress bar (Rich where installed, else tqdm) without ``v_num`` (the run directory is printed
+    instead), and without a negative epoch count when the run ends on ``max_steps``."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    base: Any = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class RunProgressBar(base):
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            if (self.trainer.max_epochs or -1) > 0:
+                return str(super()._get_train_description(current_epoch))
+            description = f"Epoch {current_epoch}"
+            return f"{description:{len(self.validation_description)}}"
+
+    return RunProgressBar()

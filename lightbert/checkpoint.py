@@ -187,6 +187,19 @@ def build_section(
     return section
 
 
+def epochs_completed(checkpoint: dict[str, Any]) -> int | None:
+    """How many epochs a Lightning checkpoint had trained through. Its ``epoch`` is the epoch it was written in: a
+    checkpoint written at an epoch's validation comes before Lightning counts that epoch as done."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (loop.get("epoch_progress") or {}).get("current") or {}
+    batches = loop.get("epoch_loop.batch_progress") or {}
+    if not isinstance(epochs.get("completed"), int):
+        return None
+    current = batches.get("current") or {}
+    epoch_trained = batches.get("is_last_batch") and current.get("completed", 0) >= current.get("ready", 1)
+    return int(epochs["completed"]) + (1 if epoch_trained and epochs["completed"] < epochs.get("ready", 0) else 0)
+
+
 def unsafe_pickle_error(path: str | Path, err: Exception) -> LightbertError:
     """The error for a pickle that ``weights_only`` loading refused, naming the object it wanted to build."""
     match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))

@@ -365,7 +365,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.datasets["train"] = self._dataset(train, str(self.train_path))
         if self.batch_size is None:
             self.batch_size = fitted_batch_size(len(self.datasets["train"]))
-            self.hparams["batch_size"] = self.batch_size  # the checkpoint records the value used
+            self.hparams["batch_size"] = self.batch_size  # the checkpoint (and hparams.yaml) records the value used
+            self._hparams_initial["batch_size"] = self.batch_size
         self.datasets["validation"] = self._dataset(validation, str(self.validation_path or self.train_path))
         if self.test_path is not None:
             self.datasets["test"] = self._dataset(self._read(self.test_path), str(self.test_path))

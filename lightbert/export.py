@@ -146,8 +146,8 @@ def model_card(classifier: Classifier, report: dict[str, Any] | None = None, nam
     ]
     if info.data:
         lines += [f"- {key}: `{value}`" for key, value in info.data.items()]
-    if info.epoch is not None:
-        lines.append(f"- epochs completed: {info.epoch}, optimizer steps: {info.global_step}")
+    if info.epochs_completed is not None:
+        lines.append(f"- epochs completed: {info.epochs_completed}, optimizer steps: {info.global_step}")
     if info.class_weights and classifier.labels:
         weights = describe_class_weights(classifier.task, classifier.labels, info.class_weights)
         lines.append(f"- loss weighted for imbalanced labels, {weights}")

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lightbert.checkpoint import epochs_completed
 from lightbert.hf import labels_of, tokenizer_files_in
 from lightbert.safety import WEIGHT_FILES
 from lightbert.sources import KIND_NAMES, ModelSource, identify
@@ -32,6 +33,7 @@ def inspect_model(path: str | Path, trust_checkpoint: bool = False) -> dict[str,
     checkpoint = source.checkpoint or {}
     info |= {
         "epoch": checkpoint.get("epoch"),
+        "epochs_completed": epochs_completed(checkpoint),
         "global_step": checkpoint.get("global_step"),
         "optimizer_state": source.has_optimizer_state,
     }
@@ -104,7 +106,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  weights: {weights}; tokenizer: {tokenizer}")
         lines.append("  not resumable (no optimizer state); fine-tune further with lightbert fit --model.base DIR")
     else:
-        lines.append(f"  epoch {info.get('epoch')}, global step {info.get('global_step')}")
+        lines.append(f"  epochs completed {info.get('epochs_completed')}, global step {info.get('global_step')}")
         if info["resumable"]:
             lines.append("  optimizer state: present, resumable with lightbert fit --ckpt_path")
         elif info.get("optimizer_state"):

@@ -20,12 +20,13 @@ from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightbert.arguments import OneLineErrors, boolean_options, expand_flags
-from lightbert.callbacks import TRIAL_ENVIRONMENT, Checkpointing, StopEarly, TrialReporter
+from lightbert.callbacks import TRIAL_ENVIRONMENT, Checkpointing, StopEarly, TrialReporter, progress_bar
 from lightbert.datamodule import ClassificationDataModule
 from lightbert.defaults import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, fitted_epochs
 from lightbert.devices import warn_if_bf16_is_slow
@@ -313,6 +314,10 @@ class LightbertCLI(LightningCLI):
             if self._resumed_run is not None:
                 self.save_config_kwargs["overwrite"] = True  # the run's config.yaml, now with this run's options
                 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, progress_bar()]
         trainer = super().instantiate_trainer(**kwargs)
         if self._resumed_step is not None and self.subcommand == "fit" and trainer.is_global_zero:
             where = trainer.log_dir or "no run directory"

@@ -12,7 +12,7 @@ import inspect
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -251,8 +251,9 @@ class SequenceClassifier(pl.LightningModule):
         self.task, self.labels = datamodule.task, datamodule.labels
         self.tokenizer = datamodule.tokenizer
         train = getattr(datamodule, "datasets", {}).get("train")
-        if self.hparams["learning_rate"] is None:  # the checkpoint records the value used
+        if self.hparams["learning_rate"] is None:  # the checkpoint (and hparams.yaml) records the value used
             self.hparams["learning_rate"] = fitted_learning_rate(len(train) if train is not None else SMALL_DATA)
+            cast(Any, self)._hparams_initial["learning_rate"] = self.hparams["learning_rate"]
         self.data_settings = datamodule.settings()
         fingerprints = getattr(datamodule, "file_fingerprints", None)
         self.data_files = fingerprints() if fingerprints is not None and train is not None else None

@@ -66,7 +66,7 @@ class RunLogger(CSVLogger):
         self.keep_rows = keep_rows
 
     @property
-    def experiment(self) -> RunWriter:  # type: ignore[override]
+    def experiment(self) -> RunWriter:
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = RunWriter(log_dir=self.log_dir, keep_rows=self.keep_rows)
@@ -89,7 +89,7 @@ def default_loggers(root_dir: str | Path, resume: ResumedRun | None = None) -> l
     from lightning.pytorch.loggers import TensorBoardLogger
 
     # purge_step: TensorBoard hides what the interrupted run logged from the checkpoint's step on
-    extra = {"purge_step": resume.global_step} if resume is not None else {}
+    extra: dict[str, Any] = {"purge_step": resume.global_step} if resume is not None else {}
     loggers.append(TensorBoardLogger(save_dir=str(root_dir), name="", version=csv_logger.version, **extra))
     return loggers
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from lightbert.checkpoint import SECTION, lightbert_section, read_checkpoint
+from lightbert.checkpoint import SECTION, epochs_completed, lightbert_section, read_checkpoint
 from lightbert.errors import LightbertError
 from lightbert.safety import check_model_files
 
@@ -93,6 +93,7 @@ class ModelInfo:
     kind: Kind
     path: str
     epoch: int | None = None
+    epochs_completed: int | None = None
     global_step: int | None = None
     base: str | None = None
     prefix: str | None = None
@@ -122,6 +123,7 @@ def model_info(source: ModelSource, base: str | Path | None = None, prefix: str 
         kind=source.kind,
         path=str(source.path),
         epoch=checkpoint.get("epoch"),
+        epochs_completed=epochs_completed(checkpoint),
         global_step=checkpoint.get("global_step"),
         base=str(base) if base is not None else None,
         prefix=prefix,

@@ -26,9 +26,10 @@ def test_fit_writes_run_directory_and_reports_where_things_are(finished_run):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "metrics.csv").is_file() and "val_accuracy" in (run / "metrics.csv").read_text()
     assert (run / "config.yaml").is_file()
-    assert "validation: accuracy" in result.out and "f1_macro" in result.out
-    assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in result.out
-    assert "best checkpoint: " + str(run / "checkpoints" / "best-") in result.out
+    assert "\nbest: epoch 0, step 5, val_loss " in result.out and ", accuracy " in result.out
+    assert f" → {run / 'checkpoints' / 'best.ckpt'} (best-epoch=0-step=5-val_loss=" in result.out
+    assert "\nlast: epoch 0, step 5, val_loss " in result.out
+    assert f" → {run / 'checkpoints' / 'last.ckpt'}\n" in result.out
 
 
 def test_config_file_sets_the_same_options_as_flags(tiny_bert, sentiment_files, tmp_path):
@@ -49,7 +50,7 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(finished_run, tiny_b
     last = run / "checkpoints" / "last.ckpt"
     result = run_cli(*fit_args(tiny_bert, *sentiment_files, tmp_path / "runs", f"--ckpt_path={last}"))
     assert result.code == 0
-    assert "the run is already complete at epoch 1, step 5: nothing trained" in result.out
+    assert "the run is already complete after 1 epoch(s), step 5: nothing trained" in result.out
 
 
 def test_validate_and_test_subcommands_report_metrics(finished_run, tiny_bert, sentiment_files, tmp_path):

@@ -109,7 +109,7 @@ def test_two_processes_of_batch_8_train_what_one_process_of_batch_16_trains(two_
 def test_one_process_writes_and_the_summary_is_said_once(two_processes):
     root, result = two_processes
     assert [p.name for p in root.iterdir()] == ["version_0"]
-    assert result.out.count("validation:") == 1 and result.out.count("last checkpoint:") == 1
+    assert result.out.count("\nbest: ") == 1 and result.out.count("\nlast: ") == 1
 
 
 def test_validation_on_two_processes_counts_each_row_once_like_one_process(two_processes, data):

@@ -39,9 +39,9 @@ class SignalAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
-        if self.kind == "validation" and not trainer.sanity_checking and trainer.current_epoch == self.epoch:
-            if batch_idx == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
+        stopped_here = self.kind == "validation" and trainer.current_epoch == self.epoch and batch_idx == 1
+        if stopped_here and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 # kill -9 in a process of its own, at the fifth batch of an epoch, right after a step-wise last.ckpt; the CSV log is
@@ -217,7 +217,7 @@ def test_resuming_with_an_option_that_changes_training_is_refused(tiny_bert, dat
 
 
 def test_resuming_on_changed_training_data_is_refused(tiny_bert, data, tmp_path):
-    train, val = data
+    _, val = data
     copy = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(4 * BATCHES, seed=1))
     root = tmp_path / "runs"
     assert run_cli(*fit_args(tiny_bert, (copy, val), root, "min", "--trainer.max_epochs", "1")).code == 0

@@ -112,7 +112,8 @@ def test_a_resumed_run_keeps_the_checkpoints_class_weights(tiny_bert, imbalanced
     checkpoint = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     resumed = run_cli(*fit_args(tiny_bert, train, val, tmp_path / "more", f"--ckpt_path={checkpoint}", epochs=2))
     assert resumed.code == 0, resumed.err
-    section = torch.load(tmp_path / "more" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["lightbert"]
+    # the resumed run continues its own run directory
+    section = torch.load(checkpoint, weights_only=True)["lightbert"]
     assert section["class_weights"] == [1.0, 3.0]
 
 
@@ -126,7 +127,7 @@ def test_early_stopping_stops_says_why_and_names_the_best_checkpoint(tiny_bert, 
     result = run_cli(*fit_args(tiny_bert, train, val, tmp_path / "runs", *NEVER_IMPROVES, epochs=6))
     assert result.code == 0, result.err
     assert "stopped early after epoch 1: val_loss has not improved" in result.out
-    assert "(--early_stopping.patience 1)" in result.out and "best checkpoint: " in result.out
+    assert "(--early_stopping.patience 1)" in result.out and "\nbest: epoch 0, step 5," in result.out
     last = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1 and last["global_step"] == 10  # 40 rows of batch 8: 5 steps an epoch, 2 epochs
 
@@ -153,7 +154,7 @@ def test_a_run_stopped_after_its_first_epoch_and_resumed_stops_where_the_uninter
     # Without the stopper's state (its best score) the resumed run would count epoch 1 as an improvement.
     assert "stopped early after epoch 1" in resumed.out
     assert (
-        torch.load(tmp_path / "b" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+        torch.load(checkpoint, weights_only=True)["global_step"] == 10  # its own run directory, continued
     )
 
 
