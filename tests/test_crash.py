@@ -82,7 +82,8 @@ def resume_and_compare(base, files, killed_root: Path, tmp_path: Path, uninterru
     resumed_root = tmp_path / "resumed"
     result = run_cli(*crash_fit_args(base, files, resumed_root, f"--ckpt_path={last}"))
     assert result.code == 0, result.err
-    weights = final_weights(resumed_root) if step < STEPS else read_checkpoint(last)["state_dict"]
+    # the resumed run continues the killed run's directory
+    weights = final_weights(killed_root) if step < STEPS else read_checkpoint(last)["state_dict"]
     assert max_difference(weights, uninterrupted) <= 1e-6
     return step
 

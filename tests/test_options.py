@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,9 @@ def files(tmp_path_factory, tiny_bert, trained_checkpoint, recipe_checkpoint):
         "tmp": tmp,
         "base": tiny_bert,
         "ckpt": trained_checkpoint,
+        "ckpt_copy": Path(shutil.copy(trained_checkpoint, tmp / "copied.ckpt")),
+        "trained_train": trained_checkpoint.parents[3] / "train.csv",
+        "trained_val": trained_checkpoint.parents[3] / "val.csv",
         "pair_ckpt": pair_ckpt,
         "recipe": recipe_checkpoint.path,
         **{p.stem.replace("-", "_"): p for p in tmp.iterdir() if p.is_file()},
@@ -170,11 +174,13 @@ VALID_RUNS: dict[str, list[list[str]]] = {
             "--trainer.max_steps=2",
             "--trainer.default_root_dir={run}",
         ],
-        [
+        [  # the shared run's own options, from a copy of its checkpoint (which resumes into a new run directory)
             "--model.base={base}",
-            *DATA,
-            "--ckpt_path={ckpt}",
+            "--data.train={trained_train}",
+            "--data.validation={trained_val}",
+            "--ckpt_path={ckpt_copy}",
             "--data.batch_size=8",
+            "--model.learning_rate=0.001",
             "--trainer.max_epochs=3",
             "--trainer.default_root_dir={run}",
         ],

@@ -50,10 +50,13 @@ KILL_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
     import lightning.pytorch as pl
+    import torch
     import lightbert.lightning_cli as lightning_cli
     from lightbert.cli import main
 
     kill_at = int(sys.argv[1])
+    torch.set_num_threads(int(sys.argv[2]))  # the test process's, so that both compute alike
+    sys.argv[1:3] = []
 
     class Kill(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -70,7 +73,7 @@ KILL_DRIVER = textwrap.dedent(
         return trainer
 
     lightning_cli.LightbertCLI.instantiate_trainer = with_kill
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))
     """
 )
 
@@ -163,7 +166,7 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(
     if kind == "kill":
         kill_at = epoch * BATCHES + 5
         args = fit_args(tiny_bert, data, root, mode, "--checkpoint.last_every_n_steps", "5")
-        command = [sys.executable, "-c", KILL_DRIVER, str(kill_at), *map(str, args)]
+        command = [sys.executable, "-c", KILL_DRIVER, str(kill_at), str(torch.get_num_threads()), *map(str, args)]
         killed = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert torch.load(root / "version_0/checkpoints/last.ckpt", weights_only=True)["global_step"] == kill_at
