@@ -23,6 +23,11 @@ from lightbert.safety import atomic_write, check_writable_directory, remove_stal
 BEST_ALIAS = "best.ckpt"  # the best checkpoint under a name to script against, beside Lightning's descriptive one
 
 
+def _absolute(path: Any) -> Any:
+    """A local path made absolute (relative ones are taken from the working directory); others as they are."""
+    return os.path.abspath(path) if isinstance(path, str) and path and "://" not in path else path
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in its own directory, fsyncs it and renames it into place, so a
     kill, a crash or a full disk never leaves a partial file under a checkpoint's name, and the previous
@@ -155,12 +160,13 @@ class Checkpointing(ModelCheckpoint):
         # Lightning restores the top-k state only into the same directory; the best so far is the run's, wherever
         # the resumed run writes (Lightning never removes a checkpoint outside its own directory).
         self.best_model_score = state_dict["best_model_score"]
-        self.best_model_path = state_dict["best_model_path"]
-        self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+        self.best_model_path = _absolute(state_dict["best_model_path"])
+        self.kth_best_model_path = _absolute(state_dict.get("kth_best_model_path", self.kth_best_model_path))
         self.kth_value = state_dict.get("kth_value", self.kth_value)
-        self.best_k_models = dict(state_dict.get("best_k_models", self.best_k_models))
-        self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
-        self.best_details = dict(state_dict.get("best_details") or {})
+        best_k = state_dict.get("best_k_models", self.best_k_models)
+        self.best_k_models = {_absolute(path): score for path, score in best_k.items()}
+        self.last_model_path = _absolute(state_dict.get("last_model_path", self.last_model_path))
+        self.best_details = {_absolute(path): d for path, d in (state_dict.get("best_details") or {}).items()}
         self.last_details = state_dict.get("last_details")
         self._pending_row = state_dict.get("pending_row")
 
@@ -180,6 +186,9 @@ class Checkpointing(ModelCheckpoint):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        # Absolute paths in the state: a run resumed from another working directory (or given its checkpoint by
+        # another spelling of the path) still finds its own last.ckpt and best checkpoints under their names.
+        self.dirpath = _absolute(self.dirpath)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if stage == "fit" and self.dirpath and "://" not in str(self.dirpath) and trainer.is_global_zero:

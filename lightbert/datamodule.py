@@ -199,7 +199,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         since (size and SHA-256), with its columns and its split; never the bundled sample unless that is what the
         run trained on."""
         role = "validation" if stage == "validate" else "test"
-        given = self.validation_given or self.train_given if role == "validation" else self.test_path is not None
+        given = (self.validation_given or self.train_given) if role == "validation" else self.test_path is not None
         if given:
             return
         files = section.get("data_files")

@@ -59,7 +59,7 @@ def summarize_metrics(metrics: dict[str, Any], prefix: str) -> str:
 def shown_path(path: str | Path) -> str:
     """A path as a user would type it: relative to the working directory when it is inside it."""
     relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative  # type: ignore[return-value]
+    return str(path) if relative.startswith("..") else relative
 
 
 def describe_checkpoint(role: str, path: str, details: dict[str, Any] | None, monitor: str | None) -> str:
@@ -388,10 +388,15 @@ class LightbertCLI(LightningCLI):
                 elif before and now and (before["size"], before["sha256"]) != (now["size"], now["sha256"]):
                     changed.append((f"data.{role}", before["path"], f"{now['path']} (other contents)"))
         if changed:
+            run = self._resumed_run.directory if self._resumed_run is not None else Path(source.path).parent.parent
+            config = run / "config.yaml"
             listed = ", ".join(f"--{option} {now} (the run's: {before})" for option, before, now in changed)
             raise LightbertError(
                 f"{source.path} cannot resume with options that change what is trained: {listed}",
-                "resume with the run's own options (its config.yaml), or start a new run from it with --model.base",
+                f"resume with the run's own options: lightbert fit --config {shown_path(config)} --ckpt_path"
+                f" {source.path}"
+                if config.is_file()
+                else "resume with the run's own options (its config.yaml)",
             )
 
     def _check_resume_layout(self, source: ModelSource) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +36,25 @@ class RunWriter(ExperimentWriter):
         path = Path(self.metrics_file_path)
         if self.keep_rows is None or not path.is_file():
             return super()._check_log_dir_exists()
-        with path.open(newline="") as file:
-            reader = csv.DictReader(file)
-            keys, rows = list(reader.fieldnames or []), list(reader)
-        if len(rows) < self.keep_rows:
-            # rows lost (the file was edited or cut): the run's log cannot continue it truthfully
-            raise LightbertError(
-                f"{path} has {len(rows)} rows, fewer than the {self.keep_rows} written before the checkpoint",
-                "restore the run's metrics.csv, or resume from a copy of the checkpoint in a new directory",
-            )
-        rows = rows[: self.keep_rows]
+        keys, rows = read_metrics(path)
         with path.open("w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=keys)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(rows[: self.keep_rows])
         self.metrics_keys = keys
-        self.rows_written = len(rows)
+        self.rows_written = min(len(rows), self.keep_rows)
 
     def save(self) -> None:
         pending = len(self.metrics)
         super().save()
         self.rows_written += pending
+
+
+def read_metrics(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A metrics.csv's columns and rows."""
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        return list(reader.fieldnames or []), list(reader)
 
 
 class RunLogger(CSVLogger):
@@ -94,11 +93,13 @@ def default_loggers(root_dir: str | Path, resume: ResumedRun | None = None) -> l
     return loggers
 
 
+@dataclass
 class ResumedRun:
     """The run directory a checkpoint belongs to, and how far its log had got when the checkpoint was written."""
 
-    def __init__(self, directory: Path, metrics_rows: int | None, global_step: int) -> None:
-        self.directory, self.metrics_rows, self.global_step = directory, metrics_rows, global_step
+    directory: Path
+    metrics_rows: int | None
+    global_step: int
 
 
 def resumed_run(checkpoint_path: str | Path, checkpoint: dict[str, Any]) -> ResumedRun | None:
@@ -113,10 +114,15 @@ def resumed_run(checkpoint_path: str | Path, checkpoint: dict[str, Any]) -> Resu
     directory = recorded.get("directory")
     if not isinstance(directory, str) or Path(directory).resolve() != path.parent.parent:
         return None
-    if not (path.parent.parent / METRICS_FILE).is_file() and recorded.get("metrics_rows"):
-        return None
-    rows = recorded.get("metrics_rows")
-    return ResumedRun(path.parent.parent, rows if isinstance(rows, int) else None, int(checkpoint["global_step"]))
+    rows = recorded.get("metrics_rows") if isinstance(recorded.get("metrics_rows"), int) else None
+    metrics = path.parent.parent / METRICS_FILE
+    if rows and metrics.is_file() and len(read_metrics(metrics)[1]) < rows:
+        # rows lost (the file was edited or cut): the run's log cannot be continued truthfully
+        raise LightbertError(
+            f"{metrics} has fewer rows than the {rows} written before {path.name}",
+            f"restore the run's metrics.csv, or resume from a copy of {path.name} outside {path.parent.parent}",
+        )
+    return ResumedRun(path.parent.parent, rows, int(checkpoint["global_step"]))
 
 
 def run_record(trainer: Any) -> dict[str, Any] | None:
@@ -125,8 +131,9 @@ def run_record(trainer: Any) -> dict[str, Any] | None:
     rows = None
     for logger in trainer.loggers:
         logger.save()
-        if isinstance(logger, RunLogger):
-            rows = logger.experiment.rows_written
+        if isinstance(logger, RunLogger):  # on other processes than the first, its experiment is a stand-in
+            written = getattr(logger.experiment, "rows_written", None)
+            rows = written if isinstance(written, int) else rows
     directory = trainer.log_dir if trainer.loggers else None
     if directory is None:
         return None

@@ -32,6 +32,39 @@ def test_fit_writes_run_directory_and_reports_where_things_are(finished_run):
     assert f" → {run / 'checkpoints' / 'last.ckpt'}\n" in result.out
 
 
+def test_hparams_yaml_records_the_fitted_learning_rate_not_null(finished_run):
+    run, result = finished_run
+    assert "--model.learning_rate 8e-05" in result.out  # fitted: the run gave none
+    assert yaml.safe_load((run / "hparams.yaml").read_text())["learning_rate"] == 8e-05
+
+
+def test_a_finished_one_epoch_run_counts_one_completed_epoch_everywhere(
+    finished_run, tiny_bert, sentiment_files, tmp_path
+):
+    run, _ = finished_run
+    last = run / "checkpoints" / "last.ckpt"
+    assert "epochs completed 1, global step 5" in run_cli("inspect", last).out
+    assert run_cli("export", last, tmp_path / "exported").code == 0
+    assert "- epochs completed: 1, optimizer steps: 5" in (tmp_path / "exported" / "README.md").read_text()
+    resumed = run_cli(*fit_args(tiny_bert, *sentiment_files, tmp_path / "runs", f"--ckpt_path={last}"))
+    assert "already complete after 1 epoch(s)" in resumed.out
+
+
+def test_the_progress_bar_shows_no_version_number_and_no_negative_epoch_count_under_max_steps(tiny_bert):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightbert.callbacks import progress_bar
+
+    bar = progress_bar()
+    trainer = pl.Trainer(max_steps=5, logger=CSVLogger(os.devnull), callbacks=[bar], accelerator="cpu")
+    trainer.fit_loop.max_epochs = -1  # what fit makes of max_steps without max_epochs
+    assert "v_num" not in bar.get_metrics(trainer, None)
+    bar._trainer = trainer  # as its setup does
+    if hasattr(bar, "_get_train_description"):  # Rich's bar (tqdm's says "Epoch N" alone)
+        assert bar._get_train_description(0).strip() == "Epoch 0"
+
+
 def test_config_file_sets_the_same_options_as_flags(tiny_bert, sentiment_files, tmp_path):
     train, val = sentiment_files
     config = {

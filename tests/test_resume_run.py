@@ -293,3 +293,69 @@ def test_fit_says_what_it_inferred_from_the_data(tiny_bert, tmp_path):
     assert "task: single_label (inferred from the labels; --data.task to choose)" in result.out
     assert "labels: 5, with their training rows: 1 (" in result.out
     assert "columns of stars.csv: text 'review', label 'stars'" in result.out
+
+
+def test_a_run_resumed_by_relative_paths_keeps_the_names_of_its_checkpoints(tiny_bert, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README's way: runs/ under the working directory, paths typed relative
+    assert run_cli(*fit_args(tiny_bert, data, "runs", "min", "--trainer.max_epochs", "1")).code == 0
+    last = "runs/version_0/checkpoints/last.ckpt"
+    resumed = run_cli(*fit_args(tiny_bert, data, "runs", "min", "--trainer.max_epochs", "2", "--ckpt_path", last))
+    assert resumed.code == 0, resumed.err
+    assert "resuming at epoch 0, step 10, continuing its run directory: runs/version_0" in resumed.out
+    assert "→ runs/version_0/checkpoints/last.ckpt\n" in resumed.out
+    names = sorted(p.name for p in (tmp_path / "runs" / "version_0" / "checkpoints").iterdir())
+    assert not [name for name in names if "-v1" in name], names
+
+
+def test_resuming_with_a_cut_metrics_file_is_refused_before_anything_is_written(tiny_bert, data, tmp_path):
+    root = tmp_path / "runs"
+    assert run_cli(*fit_args(tiny_bert, data, root, "min", "--trainer.max_epochs", "1")).code == 0
+    run = root / "version_0"
+    (run / "metrics.csv").write_text("epoch,step\n")
+    config = (run / "config.yaml").read_text()
+    last = run / "checkpoints" / "last.ckpt"
+    result = run_cli(*fit_args(tiny_bert, data, root, "min", "--trainer.max_epochs", "2", "--ckpt_path", last))
+    assert_one_error_line(result, "metrics.csv has fewer rows than the", "restore the run's metrics.csv")
+    assert (run / "config.yaml").read_text() == config and (run / "metrics.csv").read_text() == "epoch,step\n"
+
+
+def test_a_refused_resume_says_how_to_resume_with_the_runs_own_options(tiny_bert, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*fit_args(tiny_bert, data, "runs", "min", "--trainer.max_epochs", "1")).code == 0
+    last = "runs/version_0/checkpoints/last.ckpt"
+    refused = run_cli("fit", "--ckpt_path", last)  # every option forgotten
+    assert_one_error_line(
+        refused,
+        "--model.base None (the run's: ",
+        f"lightbert fit --config runs/version_0/config.yaml --ckpt_path {last}",
+    )
+    resumed = run_cli("fit", "--config", "runs/version_0/config.yaml", "--ckpt_path", last, "--trainer.max_epochs", "2")
+    assert resumed.code == 0, resumed.err
+    assert "last: epoch 1, step 20," in resumed.out
+
+
+def test_validate_without_data_options_holds_out_the_runs_own_split_again(tiny_bert, data, tmp_path):
+    train, _ = data
+    root = tmp_path / "runs"
+    fitted = run_cli(
+        "fit", "--model.base", tiny_bert, "--data.train", train, "--data.val_fraction", "0.25",
+        "--trainer.default_root_dir", root, "--trainer.max_epochs", "1", "--data.batch_size", "4",
+        "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    assert fitted.code == 0, fitted.err
+    result = run_cli("validate", "--ckpt_path", root / "version_0" / "checkpoints" / "last.ckpt")
+    assert result.code == 0, result.err
+    assert f"validation data: {Path(train).resolve()} (its held-out 0.25 split)" in result.out
+    with open(root / "version_0" / "metrics.csv", newline="") as file:
+        loss = float(next(row["val_loss"] for row in csv.DictReader(file) if row["val_loss"]))
+    assert f"loss {loss:.4f}" in result.out  # the same rows as the run's own validation
+
+
+def test_test_without_data_options_uses_the_runs_recorded_test_file(tiny_bert, data, tmp_path):
+    root = tmp_path / "runs"
+    _, val = data
+    assert run_cli(*fit_args(tiny_bert, data, root, "min", "--trainer.max_epochs", "1", "--data.test", val)).code == 0
+    result = run_cli("test", "--ckpt_path", root / "version_0" / "checkpoints" / "best.ckpt")
+    assert result.code == 0, result.err
+    assert f"test data: {Path(val).resolve()}, as recorded in the checkpoint and unchanged" in result.out
+    assert "test: accuracy" in result.out
