@@ -24,7 +24,7 @@ from lightbert.batching import (
 from lightbert.bundled import SST2_TRAIN, SST2_VALIDATION, default_base_model
 from lightbert.checkpoint import tokenizer_from_files
 from lightbert.defaults import SMALL_DATA, fitted_batch_size
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, note
 from lightbert.hf import (
     check_model_dir,
     config_from_dict,
@@ -32,6 +32,7 @@ from lightbert.hf import (
     head_labels,
     load_config,
     load_tokenizer,
+    unknown_token_warning,
 )
 from lightbert.labels import LabelEncoder, Task, check_task
 from lightbert.loader import starting_point
@@ -39,6 +40,7 @@ from lightbert.tables import check_data_file, column_keys, fingerprint, read_tab
 
 MIN_LENGTH = 4  # a special token on each side of a text, and room for it
 LABELS_SHOWN = 10  # the labels fit names before it says how many more
+UNKNOWN_SAMPLE = 512  # training texts the unknown-token check tokenizes
 
 
 @dataclass
@@ -329,6 +331,9 @@ class ClassificationDataModule(pl.LightningDataModule):
             return
         train = self._read(self.train_path)
         self.paired = train.pairs is not None
+        warning = unknown_token_warning(self.tokenizer, train.texts[:UNKNOWN_SAMPLE], f"{Path(self.train_path).name}")
+        if warning and stage == "fit":
+            note(warning)
         if self.validation_path is None:
             generator = torch.Generator().manual_seed(self.seed)
             permutation = torch.randperm(len(train.texts), generator=generator).tolist()

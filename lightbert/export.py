@@ -18,18 +18,11 @@ from lightbert.bundled import DEFAULT_BASE_NAME
 from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
 from lightbert.evaluation import model_identity, read_report
+from lightbert.hf import SAMPLE_TEXTS
 from lightbert.labels import describe_class_weights
 from lightbert.loader import load
 from lightbert.safety import staged_directory
 
-SAMPLE_TEXTS = [
-    "a gripping, beautifully acted film",
-    "dull, lifeless and far too long",
-    "",
-    "The senate passed the bill on Tuesday after a long debate.",
-    "Ünïcödé — emoji 🎬 and 中文 text",
-    "ok " * 300,  # longer than any model's limit: truncation must agree too
-]
 SAMPLE_PAIRS = ["a film", "the movie was long", "", "lawmakers voted", "texte", "fine"]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +19,16 @@ from typing import Any
 
 import torch
 
-from lightbert.errors import LightbertError, note
-from lightbert.safety import check_model_files
+from lightbert.errors import LightbertError, note, one_line
+from lightbert.safety import check_model_files, check_safetensors, weight_index_shards
 
 PROBLEM_TYPES = {
     "single_label": "single_label_classification",
     "multi_label": "multi_label_classification",
     "regression": "regression",
 }
+# Buffers that transformers stopped (or started) saving across versions; their absence or presence is harmless.
+NON_PERSISTENT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -75,24 +79,220 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# -- loading weights strictly ---------------------------------------------------------------------------------------
+
+
+def is_buffer_key(key: str) -> bool:
+    return key.endswith(NON_PERSISTENT_BUFFERS)
+
+
+def head_keys(model: Any) -> set[str]:
+    """The weights of a sequence classifier's head: those outside its base model (``bert.``, ``roberta.``...),
+    e.g. ``classifier.weight`` or DistilBERT's ``pre_classifier``, plus the base model's pooler, which only the
+    head uses."""
+    prefix = f"{model.base_model_prefix}."
+    return {k for k in model.state_dict() if not k.startswith(prefix) or k.startswith(f"{prefix}pooler.")}
+
+
+def no_head_error(path: str | Path, architectures: Any = None) -> LightbertError:
+    what = f" (it is a {', '.join(architectures)})" if isinstance(architectures, list) and architectures else ""
+    return LightbertError(
+        f"{path} has no trained classification head{what}; its answers would come from random weights",
+        f"fine-tune it first: lightbert fit --model.base {path} --data.train FILE",
+    )
+
+
+def check_loaded(
+    path: str | Path,
+    missing: Any,
+    unexpected: Any,
+    hint: str,
+    mismatched: Any = (),  # (name, shape found, shape expected)
+    new_allowed: set[str] | None = None,
+) -> list[str]:
+    """The one judgement of every weight load (lightbert and recipe checkpoints, HF directories): any missing,
+    unexpected or mis-shaped weight is an error that lists them, except the buffers transformers (de)serialises
+    differently across versions, and the weights in ``new_allowed`` (a new head, when fine-tuning), which are
+    returned. Weights that transformers ties (an LM decoder to the embeddings) never appear: it reports none."""
+    missing = sorted(k for k in missing if not is_buffer_key(k))
+    unexpected = sorted(k for k in unexpected if not is_buffer_key(k))
+    new = [k for k in missing if new_allowed is not None and k in new_allowed]
+    missing = [k for k in missing if k not in new]
+    parts = []
+    if mismatched:
+        shapes = sorted(f"{name} {tuple(got)} vs {tuple(wanted)}" for name, got, wanted in mismatched)
+        parts.append(f"wrong shape {len(shapes)}: {', '.join(shapes[:5])}")
+    if missing:
+        parts.append(f"missing {len(missing)}: {', '.join(missing[:6])}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:6])}")
+    if parts:
+        raise LightbertError(f"{path} does not match its model config: {'; '.join(parts)}", hint)
+    return new
+
+
+WEIGHTS_HINT = "its weight files do not fit its config.json; save the model again with save_pretrained"
+
+
+def _from_pretrained(path: Path, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """``from_pretrained`` from local files, float32, no remote code, with transformers' loading report. Mis-shaped
+    weights are reported rather than raised, so that ``check_loaded`` lists them."""
+    from transformers import AutoModelForSequenceClassification
+
+    with quiet_transformers():
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(
+                str(path),
+                dtype=torch.float32,
+                local_files_only=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
+            raise LightbertError(
+                f"cannot load the model in {path}: {one_line(str(err) or type(err).__name__)[:200]}", WEIGHTS_HINT
+            ) from None
+
+
+def pretrained_classifier(path: Path) -> Any:
+    """The sequence classifier in HF directory ``path``, float32, every weight loaded from its files
+    (``check_loaded``); a directory without a trained head is refused (``no_head_error``)."""
+    model, info = _from_pretrained(path)
+    missing = {k for k in info["missing_keys"] if not is_buffer_key(k)}
+    if missing and missing <= head_keys(model):
+        raise no_head_error(path, getattr(model.config, "architectures", None))
+    check_loaded(path, missing, info["unexpected_keys"], WEIGHTS_HINT, info["mismatched_keys"])
+    return model
+
+
+def pretrained_base(path: Path, config: Any) -> tuple[Any, list[str]]:
+    """The classifier that fine-tuning starts with from HF directory ``path`` (with ``config``), and the head
+    weights that the directory lacks or holds in another shape, which are initialised. The base model's weights
+    must all be there (``check_loaded``); weights outside the classifier (a pre-training head such as
+    ``cls.predictions``) are not used."""
+    model, info = _from_pretrained(path, config=config)
+    heads = head_keys(model)
+    prefix = f"{model.base_model_prefix}."
+    unexpected = [k for k in info["unexpected_keys"] if k.startswith(prefix)]
+    mismatched = [m for m in info["mismatched_keys"] if m[0] not in heads]
+    new = check_loaded(path, info["missing_keys"], unexpected, WEIGHTS_HINT, mismatched, new_allowed=heads)
+    return model, sorted({*new, *(m[0] for m in info["mismatched_keys"] if m[0] in heads)})
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of the weights in an HF directory's files, by name, read without loading them."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if (path / "model.safetensors").is_file():
+        return check_safetensors(path / "model.safetensors")
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            files = sorted(set(weight_index_shards(path / index)))
+            break
+    else:
+        files = ["pytorch_model.bin"] if (path / "pytorch_model.bin").is_file() else []
+    for name in files:
+        if name.endswith(".safetensors"):
+            shapes |= check_safetensors(path / name)
+        else:
+            try:
+                state = torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
+            except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):  # said when it loads
+                continue
+            shapes |= {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return shapes
+
+
+def head_outputs(config: Any, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """How many outputs the classification head in ``shapes`` (weights by name) has for an HF ``config``; None when
+    the weights hold no classification head."""
+    for key in label_dependent_keys(config):
+        if shapes.get(key):
+            return int(shapes[key][0])
+    return None
+
+
+# A sample of everyday text, for checks that need some (export's verification, the unknown-token check).
+SAMPLE_TEXTS = [
+    "a gripping, beautifully acted film",
+    "dull, lifeless and far too long",
+    "",
+    "The senate passed the bill on Tuesday after a long debate.",
+    "Ünïcödé — emoji 🎬 and 中文 text",
+    "ok " * 300,  # longer than any model's limit: truncation must agree too
+]
+UNKNOWN_TOKEN_LIMIT = 0.5  # above this share of [UNK] tokens, the model sees noise
+
+
+def unknown_token_share(tokenizer: Any, texts: list[str]) -> float | None:
+    """The share of the tokens of ``texts`` that ``tokenizer`` makes its unknown token (None: no tokens, or a
+    tokenizer without an unknown token, such as byte-level BPE)."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if unknown is None or not texts:
+        return None
+    encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=128)["input_ids"]
+    tokens = [token for ids in encoded for token in ids]
+    return sum(token == unknown for token in tokens) / len(tokens) if tokens else None
+
+
+def unknown_token_warning(tokenizer: Any, texts: list[str], what: str) -> str | None:
+    """A warning line when ``tokenizer`` makes most of ``texts`` (``what``: where they come from) unknown tokens."""
+    share = unknown_token_share(tokenizer, texts)
+    if share is None or share <= UNKNOWN_TOKEN_LIMIT:
+        return None
+    return (
+        f"warning: the tokenizer makes {share:.0%} of the tokens of {what} its unknown token"
+        f" {getattr(tokenizer, 'unk_token', '')}; a model cannot tell such texts apart"
+        " (check that the tokenizer files belong to the model, and its vocabulary to the language)"
+    )
+
+
 def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
 
 
+def _config_error(where: str, model_type: Any, err: Exception) -> LightbertError:
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        return LightbertError(
+            f"{where} has model_type {model_type!r}, which transformers {transformers.__version__} does not know",
+            "fix model_type, or use a transformers release that has this architecture",
+        )
+    return LightbertError(f"{where} is not a valid {model_type} config: {one_line(str(err))[:200]}", WEIGHTS_HINT)
+
+
 def load_config(path: str | Path) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
+        raise _config_error(f"{Path(path) / 'config.json'}", _json_model_type(Path(path)), err) from None
 
 
-def config_from_dict(data: dict[str, Any]) -> Any:
+def _json_model_type(path: Path) -> Any:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def config_from_dict(data: dict[str, Any], where: str = "the checkpoint's model config") -> Any:
     """An HF config object from its JSON form (as a lightbert checkpoint stores it)."""
     from transformers import AutoConfig
 
     data = dict(data)
-    return AutoConfig.for_model(data.pop("model_type"), **data)
+    model_type = data.pop("model_type", None)
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise _config_error(where, model_type, err) from None
 
 
 def position_limit(config: Any) -> int:
@@ -242,20 +442,14 @@ def build_classifier(
     for key, value in label_config(task, labels).items():
         setattr(config, key, value)
     replace_head = plan.base_head is not None and not plan.keep_head
-    with quiet_transformers():
-        if isinstance(weights, Path):
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(weights),
-                config=config,
-                dtype=torch.float32,
-                local_files_only=True,
-                trust_remote_code=False,
-                ignore_mismatched_sizes=replace_head,
-            )
-        else:
+    new: list[str] = []
+    if isinstance(weights, Path):
+        model, new = pretrained_base(weights, config)
+    else:
+        with quiet_transformers():
             model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-            assert load_weights is not None
-            load_weights(model, weights)
+        assert load_weights is not None
+        load_weights(model, weights)
     if plan.base_head is not None:
         keys = label_dependent_keys(config)
         parameters = dict(model.named_parameters())
@@ -268,4 +462,7 @@ def build_classifier(
                 for key in keys:
                     model._init_weights(model.get_submodule(key.rsplit(".", 1)[0]))
                 note(f"new classification head: re-initialised {', '.join(keys)}")
+                return model.train()
+    if new:
+        note(f"new classification head: initialised {', '.join(new)} ({weights} has no trained one)")
     return model.train()

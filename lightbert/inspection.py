@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from lightbert.checkpoint import epochs_completed
-from lightbert.hf import labels_of, tokenizer_files_in
+from lightbert.hf import (
+    SAMPLE_TEXTS,
+    config_from_dict,
+    head_outputs,
+    labels_of,
+    load_tokenizer,
+    tokenizer_files_in,
+    unknown_token_warning,
+    weight_shapes,
+)
 from lightbert.safety import WEIGHT_FILES
 from lightbert.sources import KIND_NAMES, ModelSource, identify
 
@@ -42,13 +51,33 @@ def inspect_model(path: str | Path, trust_checkpoint: bool = False) -> dict[str,
     return info | _describe_recipe(source)
 
 
+def _head_details(config: dict[str, Any], shapes: dict[str, tuple[int, ...]], where: str) -> dict[str, Any]:
+    """The head's real output count (from the weights), and warnings: no head, labels that disagree with it, a
+    tokenizer that makes everyday text unknown tokens is added by the callers that have one."""
+    outputs = head_outputs(config_from_dict(config, where), shapes)
+    named = len(labels_of(config))
+    warnings = []
+    if outputs is None:
+        warnings.append(
+            "no classification head: a base model to fine-tune (lightbert fit --model.base DIR);"
+            " predict, evaluate, serve and export refuse it"
+        )
+    elif named and named != outputs:
+        warnings.append(f"config.json's id2label names {named} labels, the head has {outputs} outputs")
+    return {"num_labels": outputs, "head": outputs is not None, "warnings": warnings}
+
+
 def _describe_directory(source: ModelSource) -> dict[str, Any]:
     config = source.config
     labels = labels_of(config)
+    head = _head_details(config, weight_shapes(source.path), f"{source.path / 'config.json'}")
+    if tokenizer_files_in(source.path):
+        warning = unknown_token_warning(load_tokenizer(source.path), SAMPLE_TEXTS, "an English sample")
+        head["warnings"] += [warning.removeprefix("warning: ")] if warning else []
     return {
         "architecture": config.get("model_type"),
         "architectures": config.get("architectures"),
-        "num_labels": len(labels) or config.get("num_labels"),
+        **head,
         "labels": labels,
         "problem_type": config.get("problem_type"),
         "weights": [n for n in WEIGHT_FILES if (source.path / n).is_file()],
@@ -59,11 +88,12 @@ def _describe_directory(source: ModelSource) -> dict[str, Any]:
 
 def _describe_lightbert(source: ModelSource) -> dict[str, Any]:
     section, config = source.section, source.config
-    labels = labels_of(config)
+    state_dict = (source.checkpoint or {}).get("state_dict") or {}
+    shapes = {k[len("model.") :]: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
     return {
         "format_version": section.get("format_version"),
         "architecture": config.get("model_type"),
-        "num_labels": len(labels) or config.get("num_labels"),
+        **_head_details(config, shapes, f"{source.path}'s model config"),
         "labels": section.get("labels"),
         "task": section.get("task"),
         "problem_type": config.get("problem_type"),
@@ -97,7 +127,9 @@ def format_inspection(info: dict[str, Any]) -> str:
     lines = [f"{info['path']}: {KIND_NAMES[info['kind']]}"]
     lines.append(f"  architecture: {info.get('architecture') or 'unknown'}")
     labels = info.get("labels")
-    lines.append(f"  labels: {info.get('num_labels')}" + (f" ({', '.join(map(str, labels))})" if labels else ""))
+    if info.get("head", True):
+        shown = f" ({', '.join(map(str, labels))})" if labels else ""
+        lines.append(f"  labels: {info.get('num_labels')}{shown}")
     if info.get("task") or info.get("problem_type"):
         problem = f" ({info['problem_type']})" if info.get("problem_type") else ""
         lines.append(f"  task: {info.get('task') or ''}{problem}".rstrip())
@@ -124,6 +156,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append("  written with: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if info.get("note"):
         lines.append(f"  note: {info['note']}")
+    lines += [f"  warning: {warning}" for warning in info.get("warnings") or []]
     if info.get("training_config"):
         lines.append("  training config:")
         lines += ["    " + line for line in info["training_config"].rstrip().splitlines()]

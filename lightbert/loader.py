@@ -22,19 +22,18 @@ from lightbert.devices import resolve_device
 from lightbert.errors import LightbertError
 from lightbert.hf import (
     build_classifier,
+    check_loaded,
     check_model_dir,
     config_from_dict,
     effective_max_length,
+    is_buffer_key,
     label_dependent_keys,
     load_config,
     load_tokenizer,
-    quiet_transformers,
+    pretrained_classifier,
     tokenizer_files_in,
 )
 from lightbert.sources import KIND_NAMES, ModelInfo, ModelSource, identify, model_info
-
-# Buffers that transformers stopped (or started) saving across versions; their absence or presence is harmless.
-NON_PERSISTENT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
 @dataclass
@@ -110,22 +109,12 @@ def require_tokenizer_files(path: Path) -> None:
 
 
 def _open_huggingface(source: ModelSource) -> OpenedModel:
-    from transformers import AutoModelForSequenceClassification
-
     path = source.path
     require_tokenizer_files(path)
     try:
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), dtype=torch.float32, local_files_only=True, trust_remote_code=False
-            )
+        model = pretrained_classifier(path)
     except pickle.UnpicklingError as err:
         raise unsafe_pickle_error(path / "pytorch_model.bin", err) from None
-    except (OSError, ValueError, RuntimeError) as err:
-        raise LightbertError(
-            f"cannot load the model in {path}: {str(err).splitlines()[0][:200]}",
-            "check that its weight files are complete",
-        ) from None
     tokenizer = load_tokenizer(path)
     return OpenedModel(model.eval(), tokenizer, effective_max_length(512, tokenizer, model.config), model_info(source))
 
@@ -163,13 +152,9 @@ def recipe_base(source: ModelSource, base: str | Path | None) -> Path:
     return check_model_dir(base)
 
 
-def _is_buffer_key(key: str) -> bool:
-    return key.endswith(NON_PERSISTENT_BUFFERS)
-
-
 def match_prefix(checkpoint_keys: list[str], model_keys: list[str]) -> str:
     """The one prefix P with ``P + model_key`` in the checkpoint for (nearly) every model key, e.g. ``"model."``."""
-    wanted = {k for k in model_keys if not _is_buffer_key(k)}
+    wanted = {k for k in model_keys if not is_buffer_key(k)}
     votes: Counter[str] = Counter()
     for key in checkpoint_keys:
         for model_key in wanted:
@@ -241,26 +226,18 @@ def _load_strict(
     extra_unexpected: list[str] | None = None,
     base: Path | None = None,
 ) -> None:
-    """Load all weights or fail listing what is missing or unexpected (only known buffers may differ)."""
+    """Load all weights or fail listing what is missing, unexpected or mis-shaped (``lightbert.hf.check_loaded``)."""
     if base is not None:
         hint = f"check that --base ({base}) has the architecture the checkpoint was trained with"
     else:
         hint = "the file is corrupt; use another checkpoint"
-    expected_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    mismatched = sorted(k for k, v in weights.items() if k in expected_shapes and tuple(v.shape) != expected_shapes[k])
-    if mismatched:
-        details = ", ".join(f"{k} {tuple(weights[k].shape)} vs {expected_shapes[k]}" for k in mismatched[:5])
-        raise LightbertError(f"{path} has weights of the wrong shape: {details}", hint)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatched = [
+        (k, tuple(v.shape), expected[k]) for k, v in weights.items() if k in expected and tuple(v.shape) != expected[k]
+    ]
+    check_loaded(path, [], [], hint, mismatched)
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not _is_buffer_key(k)]
-    unexpected = [k for k in unexpected if not _is_buffer_key(k)] + list(extra_unexpected or [])
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(sorted(missing)[:6])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(sorted(unexpected)[:6])}")
-        raise LightbertError(f"{path} does not match the model: {'; '.join(parts)}", hint)
+    check_loaded(path, missing, [*unexpected, *(extra_unexpected or [])], hint)
     model.eval()
 
 
@@ -339,13 +316,7 @@ def _load_head_free(model: Any, weights: dict[str, torch.Tensor], start: Startin
     """Load ``weights`` strictly except for the label-dependent head weights that a new head re-initialises."""
     head = set(label_dependent_keys(model.config))
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not _is_buffer_key(k) and k not in head]
-    unexpected = [k for k in unexpected if not _is_buffer_key(k)]
-    if missing or unexpected:
-        raise LightbertError(
-            f"{start.source.path} does not match its config: missing {missing[:6]}, unexpected {unexpected[:6]}",
-            "use another checkpoint",
-        )
+    check_loaded(start.source.path, missing, unexpected, "use another checkpoint", new_allowed=head)
 
 
 ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}

@@ -72,8 +72,9 @@ def refuse_lfs_pointer(path: Path) -> None:
         )
 
 
-def check_safetensors(path: Path) -> None:
-    """Raise a clear error if ``path`` is not a complete, well-formed safetensors file."""
+def check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes in a safetensors file, by name; a clear error if ``path`` is not a complete, well-formed
+    safetensors file."""
     refuse_lfs_pointer(path)
 
     def bad(reason: str) -> LightbertError:
@@ -93,12 +94,13 @@ def check_safetensors(path: Path) -> None:
         raw = f.read(header_length)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise bad("the header is not JSON") from None
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
     data_size = size - 8 - header_length
     spans = []
+    shapes: dict[str, tuple[int, ...]] = {}
     for name, info in header.items():
         if name == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
@@ -118,7 +120,10 @@ def check_safetensors(path: Path) -> None:
             raise bad(f"tensor {name!r} ends at byte {end} of {data_size} (the file is cut short)")
         if end - start != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[info["dtype"]]:
             raise bad(f"tensor {name!r}: {end - start} bytes do not hold shape {shape} of {info['dtype']}")
+        if any(d >= 2**63 for d in shape):  # the reader's int64: a zero-sized tensor of such a shape overflows it
+            raise bad(f"tensor {name!r} has a dimension beyond 2**63")
         spans.append((start, end))
+        shapes[name] = tuple(shape)
     position = 0
     for start, end in sorted(spans):
         if start != position:
@@ -126,6 +131,7 @@ def check_safetensors(path: Path) -> None:
         position = end
     if position != data_size:
         raise bad(f"{data_size - position} bytes after the last tensor")
+    return shapes
 
 
 def check_model_files(path: Path, weights: bool) -> dict[str, Any]:
@@ -143,8 +149,11 @@ def check_model_files(path: Path, weights: bool) -> dict[str, Any]:
         raise LightbertError(
             f"{config_path} is not valid JSON ({err})", "the directory is corrupt; save it again"
         ) from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise LightbertError(f"{config_path} has no model_type", "give a directory written by save_pretrained")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise LightbertError(
+            f"{config_path} has no model_type",
+            'add "model_type" (e.g. "bert") to config.json, or give a directory written by save_pretrained',
+        )
     if config.get("auto_map"):
         raise LightbertError(
             f"{path} asks for remote code (auto_map in config.json), which lightbert never runs",
@@ -160,14 +169,15 @@ def check_model_files(path: Path, weights: bool) -> dict[str, Any]:
             if name == "model.safetensors":
                 check_safetensors(path / name)
             elif name == "model.safetensors.index.json":
-                for shard in sorted(set(_index_shards(path / name))):
+                for shard in sorted(set(weight_index_shards(path / name))):
                     check_safetensors(path / shard)
             else:
                 refuse_lfs_pointer(path / name)
     return config
 
 
-def _index_shards(index: Path) -> list[str]:
+def weight_index_shards(index: Path) -> list[str]:
+    """The shard files a weight index names, each checked to be a file beside it."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = [str(v) for v in weight_map.values()]

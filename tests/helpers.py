@@ -39,7 +39,7 @@ def make_tokenizer(directory: Path) -> Any:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
     (directory / "vocab.txt").write_text("\n".join(specials + VOCAB_WORDS + letters + list(".,!?")) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(str(directory))
     return tokenizer
