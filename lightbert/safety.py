@@ -17,7 +17,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,30 +228,95 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, since setting it to read it races with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode(path: Path, default: int = 0o666) -> int:
+    """The mode to give a file (or, ``default=0o777``, a directory) written at ``path``: the replaced one's own mode,
+    else ``default`` less the umask, as ``open`` and ``mkdir`` would."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return default & ~current_umask()
+
+
+def write_target(path: str | Path) -> Path:
+    """Where writing ``path`` lands: a symlink's target (written through, so the link stays a link), else ``path``."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+class _RecordingFile:
+    """A file whose write errors are remembered: writers such as ``torch.save`` re-raise them as a RuntimeError
+    that no longer says the disk is full."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def write_error(err: OSError, what: str, path: Path, existed: bool) -> LightbertError:
+    """The one line for a write that failed (``existed``: whether a previous file is kept); a full disk said so."""
+    kept = "the previous one is intact" if existed else "nothing was written"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LightbertError(f"disk full while writing {what} {path}; {kept}", "free some space and run again")
+    return LightbertError(
+        f"cannot write {what} {path}: {err.strerror or err}; {kept}", "check the directory's permissions and free space"
+    )
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], what: str = "file") -> None:
     """Write ``path`` through ``write(file)`` atomically: a crash, a full disk or an error leaves the previous
-    file (if any) intact and no partial file under the final name."""
+    file (if any) intact and no partial file under the final name. The file gets the replaced file's mode, or the
+    umask's; a symlink is written through to its target."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = write_target(path)
+    existed = target.exists()
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, output_mode(target))
+        with os.fdopen(fd, "wb") as raw:
+            recording = _RecordingFile(raw)
+            try:
+                write(recording)  # type: ignore[arg-type]
+            except Exception:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, target)
+        fsync_directory(target.parent)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
-            raise LightbertError(
-                f"disk full while writing {what} {path}; the previous one is intact", "free some space and run again"
-            ) from None
-        raise LightbertError(
-            f"cannot write {what} {path}: {err.strerror or err}", "check the directory's permissions and free space"
-        ) from None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_error(err, what, path, existed) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -298,25 +365,49 @@ def staged_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
         raise LightbertError(
             f"output directory is not empty: {out_dir}", "choose another directory or pass --overwrite"
         )
-    parent = out_dir.resolve().parent
+    target = write_target(out_dir).absolute()  # a symlinked directory is replaced where it points
+    existed = target.exists()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        os.chmod(staging, output_mode(target, 0o777))
     except OSError as err:
         raise LightbertError(
             f"cannot write {out_dir} ({err.strerror or err})", "choose a directory you can write to"
         ) from None
     try:
         yield staging
-        if out_dir.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+        _umask_modes(staging)
+        if target.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             previous.rmdir()
-            out_dir.rename(previous)
-            staging.rename(out_dir)
+            target.rename(previous)
+            staging.rename(target)
             shutil.rmtree(previous, ignore_errors=True)
         else:
-            staging.rename(out_dir)
-        fsync_directory(parent)
-    except BaseException:
+            staging.rename(target)
+        fsync_directory(target.parent)
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        failure = os_error_in(err)
+        if failure is not None:
+            raise write_error(failure, "directory", out_dir, existed) from None
         raise
+
+
+def _umask_modes(directory: Path) -> None:
+    """The umask's modes for everything under ``directory`` (libraries write some files through private
+    temporaries, which keep mode 0600)."""
+    mask = current_umask()
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def os_error_in(err: BaseException) -> OSError | None:
+    """The operating system's error behind ``err``: itself, or one that a library (safetensors, tokenizers)
+    reported in its message as ``(os error N)``."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
