@@ -190,6 +190,11 @@ class Classifier:
         if batch_size < 1:
             raise LightbertError(f"batch_size must be at least 1, not {batch_size}", "pass --batch_size 64")
         long_texts = long_texts or self.long_texts
+        if not texts:  # nothing to tokenize: no rows, of the model's width
+            check_inputs(texts, pairs)
+            return Inference(
+                torch.empty(0, self.model.config.num_labels), [], [] if long_texts.mode == "chunk" else None
+            )
         if long_texts.mode == "chunk":
             check_inputs(texts, pairs)
             items, owners = self.encode_windows(texts, pairs, long_texts.overlap(self.max_length))
@@ -224,7 +229,7 @@ class Classifier:
         return logits
 
     def logits(self, texts: Texts, pairs: Texts | None = None, batch_size: int = 64) -> torch.Tensor:
-        """Raw model outputs, one row per text, in input order."""
+        """Raw model outputs, one row per text, in input order (no texts: a tensor of shape ``(0, num_labels)``)."""
         return self.infer(texts, pairs, batch_size).logits
 
     def records(
@@ -234,10 +239,15 @@ class Classifier:
         truncated: list[bool] | None = None,
         windows: list[int] | None = None,
     ) -> list[dict[str, Any]]:
-        """Prediction records from logits: label names, scores and probabilities in label-id order. Multi-label:
-        a label is predicted from ``threshold`` on, by default from the model's own thresholds (or 0.5)."""
+        """Prediction records from logits (one row per text; none: no records): label names, scores and
+        probabilities in label-id order. Multi-label: a label is predicted from ``threshold`` on, by default from the
+        model's own thresholds (or 0.5)."""
         if threshold is not None:
             check_threshold(threshold)
+        if not isinstance(logits, torch.Tensor):
+            logits = torch.as_tensor(logits, dtype=torch.float32)
+        if logits.numel() == 0:
+            return []
         if self.task == "regression":
             records: list[dict[str, Any]] = [{"score": float(v)} for v in logits[:, 0].tolist()]
         elif self.task == "multi_label":

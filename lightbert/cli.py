@@ -53,13 +53,15 @@ def add_column_options(p: Any) -> None:
         "--text_column",
         type=int | str | None,
         default=None,
-        help="column with the text, by name or 0-based position (default: text/sentence/..., else the first)",
+        help="column with the text, by name or 0-based position (default: the model's training column when the file"
+        " has it, else text/sentence/..., else the first)",
     )
     p.add_argument(
         "--text_pair_column",
         type=int | str | None,
         default=None,
-        help="column with the second text, for models trained on pairs",
+        help="column with the second text, for models trained on pairs (default: the model's training column when"
+        " the file has it, else sentence2/text_pair/...)",
     )
 
 
@@ -153,7 +155,9 @@ def parse(p: Any, args: list[str]) -> Any:
 
 def run_predict(args: list[str]) -> None:
     p = parser(
-        "predict", "Label texts with a fine-tuned classifier. Output: JSON Lines, one object per text, in order."
+        "predict",
+        "Label texts with a fine-tuned classifier. Output: JSON Lines, one object per text, in order; or, by"
+        " --output's extension, the input's rows with the predictions' columns.",
     )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("texts", nargs="*", default=[], help="texts to label (or use --input)")
@@ -161,10 +165,16 @@ def run_predict(args: list[str]) -> None:
         "--input",
         type=str | None,
         default=None,
-        help="file of texts: .txt (one per line), .csv, .tsv, .jsonl or .parquet",
+        help="file of texts: .txt (one per line), .csv, .tsv, .jsonl or .parquet; - reads lines of text from"
+        " standard input",
     )
     p.add_argument(
-        "--output", type=str | None, default=None, help="write JSON Lines here (atomically) instead of stdout"
+        "--output",
+        type=str,
+        default="-",
+        help="where the predictions go, by extension: .jsonl (one object per text), .csv, .tsv or .parquet (the"
+        " input's rows with label, score and prob_<label> columns); - is standard output (JSON Lines). Files are"
+        " written atomically",
     )
     p.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output file")
     add_column_options(p)
@@ -173,8 +183,16 @@ def run_predict(args: list[str]) -> None:
     config = parse(p, args)
     # Imported once the options are parsed: --help and a bad option answer at once, without loading torch.
     from lightbert.classifier import check_threshold
-    from lightbert.predict import check_output_file, write_predictions
-    from lightbert.tables import count_rows, iter_text_chunks
+    from lightbert.predict import STDOUT, check_output_file, output_format, write_predictions
+    from lightbert.tables import (
+        STDIN,
+        RowChunk,
+        Table,
+        check_input_file,
+        columns_for_model,
+        count_rows,
+        iter_row_chunks,
+    )
 
     if config.threshold is not None:
         check_threshold(config.threshold)
@@ -182,26 +200,42 @@ def run_predict(args: list[str]) -> None:
         raise LightbertError(f"batch_size must be at least 1, not {config.batch_size}", "pass --batch_size 64")
     if not config.input and (config.text_column is not None or config.text_pair_column is not None):
         raise LightbertError("--text_column and --text_pair_column name columns of --input", "give --input FILE")
+    if config.input == STDIN and (config.text_column is not None or config.text_pair_column is not None):
+        raise LightbertError(
+            "--input - reads lines of text, which have no columns", "leave out --text_column and --text_pair_column"
+        )
     if bool(config.texts) == bool(config.input):
         raise LightbertError(
             "give texts as arguments or --input FILE (one of the two)", 'e.g. lightbert predict MODEL "a great film"'
         )
-    if config.output:
-        check_output_file(config.output, config.overwrite)
+    fmt = output_format(config.output)
+    if config.input:
+        check_input_file(config.input)
+    if config.output != STDOUT:
+        check_output_file(config.output, config.overwrite, [config.input, config.model])
     if config.devices < 1 or config.num_nodes < 1:
         raise LightbertError("--devices and --num_nodes must be at least 1", "pass --devices 2")
     if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
         return predict_in_group(config, ["predict", *args])
     classifier = open_classifier(config)
     if config.input:
-        chunks = iter_text_chunks(config.input, config.text_column, config.text_pair_column, paired=classifier.paired)
-        total = count_rows(config.input)
+        (text_column, text_pair_column, _), said = columns_for_model(
+            config.input, config.text_column, config.text_pair_column, None, classifier.info.data, classifier.paired
+        )
+        if said:
+            note(said)
+        chunks: Any = iter_row_chunks(
+            config.input, text_column, text_pair_column, classifier.paired, same_columns=fmt != "jsonl"
+        )
+        total = None if config.input == STDIN else count_rows(config.input)
     else:
         if classifier.paired:
             raise LightbertError("this model was trained on text pairs", "give --input FILE with --text_pair_column")
-        chunks, total = iter([(list(config.texts), None)]), len(config.texts)
+        texts = list(config.texts)
+        chunks, total = iter([RowChunk(texts, None, Table({"text": texts}))]), len(texts)
+    output = None if config.output == STDOUT else config.output
     summary = write_predictions(
-        classifier, chunks, config.output, total, config.batch_size, config.threshold, config.overwrite
+        classifier, chunks, output, total, config.batch_size, config.threshold, config.overwrite, [config.input]
     )
     if summary.truncated:
         print(
@@ -209,16 +243,17 @@ def run_predict(args: list[str]) -> None:
             " and were truncated",
             file=sys.stderr,
         )
-    if config.output:
-        print(f"wrote {summary.count} predictions to {config.output}", file=sys.stderr)
+    if output:
+        print(f"wrote {summary.count} predictions to {output}", file=sys.stderr)
 
 
 def predict_in_group(config: Any, command: list[str]) -> None:
     """``lightbert predict --input FILE --output FILE`` shared by ``--devices x --num_nodes`` processes."""
     from lightbert.distributed import group
-    from lightbert.predict import write_predictions_in_group
+    from lightbert.predict import STDOUT, write_predictions_in_group
+    from lightbert.tables import STDIN, columns_for_model
 
-    if not (config.input and config.output):
+    if config.input in (None, STDIN) or config.output == STDOUT:
         raise LightbertError("several processes predict a file into a file", "give --input FILE and --output FILE")
     with group(command, config.devices, config.num_nodes) as processes:
         device = config.device
@@ -229,8 +264,13 @@ def predict_in_group(config: Any, command: list[str]) -> None:
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
         classifier = open_classifier(config, device)
+        (text_column, text_pair_column, _), said = columns_for_model(
+            config.input, config.text_column, config.text_pair_column, None, classifier.info.data, classifier.paired
+        )
+        if said:
+            note(said)
         summary = write_predictions_in_group(
-            processes, classifier, config.input, config.output, config.text_column, config.text_pair_column,
+            processes, classifier, config.input, config.output, text_column, text_pair_column,
             config.batch_size, config.threshold, config.overwrite,
         )  # fmt: skip
     if processes.is_first:
@@ -256,8 +296,8 @@ def run_evaluate(args: list[str]) -> None:
         "--label_column",
         type=int | str | None,
         default=None,
-        help="column with the gold label (default: label/..., else the last); names or ids, lists or "
-        "delimited names for multi-label, numbers for regression",
+        help="column with the gold label (default: the model's training column when the file has it, else"
+        " label/..., else the last); names or ids, lists or delimited names for multi-label, numbers for regression",
     )
     p.add_argument(
         "--label_delimiter",
@@ -284,7 +324,7 @@ def run_evaluate(args: list[str]) -> None:
     add_process_options(p, "the report")
     config = parse(p, args)
     from lightbert.classifier import check_threshold
-    from lightbert.evaluation import evaluate_file, write_report
+    from lightbert.evaluation import check_output_dir, columns_for_evaluation, evaluate_file, write_report
     from lightbert.tables import check_data_file, count_rows
 
     if config.threshold is not None:
@@ -298,12 +338,14 @@ def run_evaluate(args: list[str]) -> None:
         raise LightbertError("--label_delimiter is empty", "pass what separates labels, e.g. --label_delimiter ,")
     check_data_file(config.input)
     out = Path(config.output_dir)
-    if (out.exists() and not out.is_dir()) or (out.is_dir() and any(out.iterdir()) and not config.overwrite):
-        raise LightbertError(f"output directory is not empty: {out}", "choose another --output_dir or pass --overwrite")
+    check_output_dir(out, config.overwrite, [config.input, config.model])
     columns = (config.text_column, config.text_pair_column, config.label_column, config.label_delimiter, config.header)
     if config.devices * config.num_nodes > 1 or "WORLD_SIZE" in os.environ:
         return evaluate_in_group(config, ["evaluate", *args], columns)
     classifier = open_classifier(config)
+    columns, said = columns_for_evaluation(classifier, config.input, *columns)
+    if said:
+        note(said)
     from tqdm import tqdm
 
     with tqdm(total=count_rows(config.input), unit="text", file=sys.stderr, disable=None, leave=False) as progress:
@@ -320,7 +362,7 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
     import tempfile
 
     from lightbert.distributed import broadcast, group
-    from lightbert.evaluation import evaluate_predictions, write_report
+    from lightbert.evaluation import columns_for_evaluation, evaluate_predictions, write_report
     from lightbert.predict import write_predictions_in_group
 
     with group(command, config.devices, config.num_nodes) as processes:
@@ -329,6 +371,9 @@ def evaluate_in_group(config: Any, command: list[str], columns: tuple[Any, Any, 
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
         classifier = open_classifier(config)
+        columns, said = columns_for_evaluation(classifier, config.input, *columns)
+        if said:
+            note(said)
         scratch = None
         if processes.is_first:
             scratch = tempfile.mkdtemp(prefix=".lightbert-evaluate-", dir=Path(config.output_dir).resolve().parent)

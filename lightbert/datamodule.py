@@ -27,6 +27,7 @@ from lightbert.defaults import SMALL_DATA, fitted_batch_size
 from lightbert.errors import LightbertError, note
 from lightbert.hf import (
     check_model_dir,
+    check_tokenizer_fits,
     config_from_dict,
     effective_max_length,
     head_labels,
@@ -305,6 +306,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         else:  # the model fine-tuning starts from is a checkpoint: its tokenizer and config
             start = starting_point(path)
             self.tokenizer, self.base_config = start.tokenizer(), start.config
+        check_tokenizer_fits(self.tokenizer, self.base_config, str(path))
         self.max_length = effective_max_length(self.requested_max_length, self.tokenizer, self.base_config)
 
     def _dataset(self, rows: Rows, source: str) -> TokenizedDataset:

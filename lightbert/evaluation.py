@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from lightbert.classifier import Classifier
 from lightbert.errors import LightbertError
 from lightbert.labels import THRESHOLD_STEPS, LabelEncoder, best_f1_thresholds, score_steps
 from lightbert.safety import staged_directory
-from lightbert.tables import Column, iter_tables, select_columns
+from lightbert.tables import Column, columns_for_model, iter_tables, select_columns
 
 CALIBRATION_BINS = 15
 TEXT_SHOWN = 300  # characters of a text in the worst errors
@@ -343,6 +344,26 @@ def evaluate_records(
     return Report(classifier.task, labels, rows, metrics, details)
 
 
+def columns_for_evaluation(
+    classifier: Classifier,
+    path: str | Path,
+    text_column: Column = None,
+    text_pair_column: Column = None,
+    label_column: Column = None,
+    label_delimiter: str | None = None,
+    header: bool | None = None,
+) -> tuple[tuple[Column, Column, Column, str | None, bool | None], str | None]:
+    """The text, pair and label columns, the label delimiter and the header to read the labelled file ``path``
+    with for ``classifier``: each one given, else its training data's (the columns where the file has them,
+    ``tables.columns_for_model``); and a line saying which columns were not given (None: all were, or defaults)."""
+    data = classifier.info.data
+    given = (text_column, text_pair_column, label_column)
+    (text, pair, label), said = columns_for_model(path, *given, data, classifier.paired, True, header)
+    recorded = data.get("label_delimiter")
+    delimiter = label_delimiter or (recorded if isinstance(recorded, str) and recorded else None)
+    return (text, pair, label, delimiter, header), said
+
+
 def labelled_chunks(
     path: str | Path,
     text_column: Column = None,
@@ -475,11 +496,42 @@ def model_identity(path: str | Path) -> dict[str, Any]:
 # -- writing -----------------------------------------------------------------------------------------------------------
 
 
+def check_output_dir(out_dir: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> None:
+    """A report may be written into ``out_dir``: a directory (or nothing yet), empty unless ``overwrite``, and
+    holding none of ``inputs`` at any depth (the data, the model), which replacing it would delete (checked before
+    any work starts)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LightbertError(f"{out} exists and is not a directory", "choose another --output_dir")
+    if out.is_dir():
+        for source in inputs:
+            if source is not None and _inside(Path(source), out):
+                raise LightbertError(
+                    f"--output_dir {out} holds the input {source}; replacing the directory would delete it",
+                    "choose another --output_dir",
+                )
+        if any(out.iterdir()) and not overwrite:
+            raise LightbertError(
+                f"output directory is not empty: {out}", "choose another --output_dir or pass --overwrite"
+            )
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` (as given, or where its links lead) lies in ``directory`` (or where its links lead)."""
+    places = {Path(os.path.abspath(directory)), directory.resolve()}
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        if any(candidate == place or place in candidate.parents for place in places):
+            return True
+    return False
+
+
 def write_report(report: Report, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """``report.json``, ``report.md`` and the figures, written into ``out_dir`` atomically (a staged directory)."""
+    """``report.json``, ``report.md`` and the figures, written into ``out_dir`` atomically (a staged directory),
+    never over a directory that holds the data or the model the report is about."""
     from lightbert import report_figures
 
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite, [report.data.get("path"), report.model.get("path")])
     with staged_directory(out_dir, overwrite) as staging:
         figures = report_figures.draw(report, staging)
         data = report.to_dict()

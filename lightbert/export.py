@@ -7,6 +7,8 @@ replaces what was there.
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,31 @@ def _base_model_name(classifier: Classifier) -> str:
     if info.kind == "lightbert":
         return DEFAULT_BASE_NAME
     return str(getattr(classifier.model.config, "_name_or_path", "") or "unknown")
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|~])")  # what opens emphasis, code, links, images, cells
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal Markdown text on one line: HTML escaped, Markdown's punctuation backslash-escaped, so a
+    label or a file name from a checkpoint can neither add a link, a script, nor break a table."""
+    text = " ".join(str(value).split())
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def markdown_code(value: Any) -> str:
+    """``value`` as an inline code span on one line (fenced by more backticks than it holds)."""
+    text = " ".join(str(value).split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}" if longest or text.startswith(" ") else f"`{text}`"
+
+
+def markdown_block(text: str, language: str = "") -> list[str]:
+    """``text`` as a fenced code block whose fence is longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}{language}", *text.rstrip().splitlines(), fence]
 
 
 METRIC_TYPES = {  # report metric -> the Hub's metric type and a display name
@@ -109,16 +136,19 @@ def model_card(classifier: Classifier, report: dict[str, Any] | None = None, nam
         *(model_index(name, report) if report else []),
         "---",
         "",
-        f"# {config.model_type} sequence classifier ({classifier.task.replace('_', '-')})",
+        f"# {markdown_text(config.model_type)} sequence classifier ({classifier.task.replace('_', '-')})",
         "",
-        f"Fine-tuned with [lightbert](https://pypi.org/project/lightbert/) from `{_base_model_name(classifier)}`; "
-        f"exported from `{Path(info.path).name}` ({info.kind}).",
+        f"Fine-tuned with [lightbert](https://pypi.org/project/lightbert/) from"
+        f" {markdown_code(_base_model_name(classifier))}; exported from {markdown_code(Path(info.path).name)}"
+        f" ({info.kind}).",
         "",
         "## Labels",
         "",
     ]
     if classifier.labels:
-        lines += ["| id | label |", "| --- | --- |"] + [f"| {i} | {name} |" for i, name in enumerate(classifier.labels)]
+        lines += ["| id | label |", "| --- | --- |"] + [
+            f"| {i} | {markdown_text(name)} |" for i, name in enumerate(classifier.labels)
+        ]
     else:
         lines.append("Regression: one output, the predicted score.")
     lines += [
@@ -138,42 +168,56 @@ def model_card(classifier: Classifier, report: dict[str, Any] | None = None, nam
         "",
     ]
     if info.data:
-        lines += [f"- {key}: `{value}`" for key, value in info.data.items()]
+        lines += [f"- {markdown_text(key)}: {markdown_code(value)}" for key, value in info.data.items()]
     if info.epochs_completed is not None:
         lines.append(f"- epochs completed: {info.epochs_completed}, optimizer steps: {info.global_step}")
     if info.class_weights and classifier.labels:
         weights = describe_class_weights(classifier.task, classifier.labels, info.class_weights)
-        lines.append(f"- loss weighted for imbalanced labels, {weights}")
+        lines.append(f"- loss weighted for imbalanced labels, {markdown_text(weights)}")
     if classifier.thresholds:
-        picked = ", ".join(f"{name} {t:.3f}" for name, t in classifier.thresholds.items())
+        picked = ", ".join(f"{markdown_text(name)} {t:.3f}" for name, t in classifier.thresholds.items())
         lines.append(
             f"- thresholds picked to maximise each label's F1 on the validation data (in config.json): {picked}"
         )
     if info.training_config:
-        lines += ["", "Configuration (`lightbert fit --config`):", "", "```yaml", info.training_config.rstrip(), "```"]
+        lines += ["", "Configuration (`lightbert fit --config`):", "", *markdown_block(info.training_config, "yaml")]
     metrics = info.metrics
     lines += ["", "## Validation metrics", ""]
     if metrics:
-        lines += ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+        lines += ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {markdown_text(k)} | {v:.4f} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("Not recorded in the source checkpoint.")
     if report:
         rows = report.get("rows")
         data = (report.get("data") or {}).get("path")
-        lines += ["", "## Evaluation", "", f"`lightbert evaluate` on `{Path(str(data)).name}` ({rows} rows):", ""]
+        shown = markdown_code(Path(str(data)).name)
+        lines += ["", "## Evaluation", "", f"`lightbert evaluate` on {shown} ({markdown_text(rows)} rows):", ""]
         lines += ["| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in report["metrics"].items() if v is not None]
+        lines += [f"| {markdown_text(k)} | {v:.4f} |" for k, v in report["metrics"].items() if v is not None]
     versions = info.versions
     lines += [
         "",
         "## Versions",
         "",
-        f"- trained with: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'unknown'}",
+        f"- trained with: {markdown_text(', '.join(f'{k} {v}' for k, v in versions.items()) or 'unknown')}",
         f"- exported with: lightbert {__version__}, torch {torch.__version__},"
         f" transformers {transformers.__version__}, lightning {lightning.__version__}",
         "",
     ]
     return "\n".join(lines)
+
+
+REMOTE_CODE_FIELDS = ("auto_map", "custom_pipelines")  # what makes transformers import code named in the files
+
+
+def without_remote_code(config: Any, tokenizer: Any) -> None:
+    """Strip the fields that name code to import (a checkpoint's HF config may carry the base's ``auto_map``): the
+    exported directory is loaded by transformers' own classes, and lightbert refuses directories that ask for code."""
+    for field in REMOTE_CODE_FIELDS:
+        if hasattr(config, field):
+            delattr(config, field)
+        tokenizer.init_kwargs.pop(field, None)
 
 
 def verify_export(directory: Path, classifier: Classifier, tolerance: float) -> float:
@@ -223,6 +267,7 @@ def export(
     with staged_directory(out_dir, overwrite) as staging:
         # pipeline(truncation=True) then cuts where lightbert predict cuts
         classifier.tokenizer.model_max_length = classifier.max_length
+        without_remote_code(classifier.model.config, classifier.tokenizer)
         classifier.model.save_pretrained(str(staging))
         classifier.tokenizer.save_pretrained(str(staging))
         (staging / "README.md").write_text(model_card(classifier, evaluation, out_dir.name), encoding="utf-8")

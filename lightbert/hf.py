@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import pickle
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,16 +152,45 @@ def _from_pretrained(path: Path, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
                 ignore_mismatched_sizes=True,
                 **kwargs,
             )
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
+        except pickle.UnpicklingError:
+            raise
+        except Exception as err:  # what a config or a weight file transformers cannot use raises varies
             raise LightbertError(
                 f"cannot load the model in {path}: {one_line(str(err) or type(err).__name__)[:200]}", WEIGHTS_HINT
             ) from None
 
 
+LAYER_FIELDS = ("num_hidden_layers", "n_layers", "num_layers", "num_attention_heads", "n_heads")
+MAX_LAYERS = 1024  # far beyond any encoder; a config asking for more would take the process's memory and time
+
+
+def check_model_size(config: Any, stored: int, where: str) -> None:
+    """Refuse a config that describes a model far larger than the ``stored`` weights (a count of numbers) meant
+    for it, before any memory is allocated: a config with ``vocab_size`` 10**12 would otherwise take all of it."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        with torch.device("meta"):
+            probe = AutoModelForSequenceClassification.from_config(config)
+    except Exception as err:  # a config that validates can still describe no buildable model (a size of -5)
+        raise LightbertError(
+            f"cannot build a classifier from {where}: {one_line(str(err) or type(err).__name__)[:160]}",
+            "fix the config, or save the model again with save_pretrained",
+        ) from None
+    needed = sum(t.numel() for t in probe.state_dict().values())
+    if needed > 2 * stored + 1_000_000:
+        raise LightbertError(
+            f"{where} describes a model of {needed:,} weights, but its weight files hold {stored:,}",
+            "the config does not belong to these weights; save the model again with save_pretrained",
+        )
+
+
 def pretrained_classifier(path: Path) -> Any:
     """The sequence classifier in HF directory ``path``, float32, every weight loaded from its files
     (``check_loaded``); a directory without a trained head is refused (``no_head_error``)."""
-    model, info = _from_pretrained(path)
+    config = load_config(path)
+    check_model_size(config, sum(math.prod(shape) for shape in weight_shapes(path).values()), f"{path}/config.json")
+    model, info = _from_pretrained(path, config=config)
     missing = {k for k in info["missing_keys"] if not is_buffer_key(k)}
     if missing and missing <= head_keys(model):
         raise no_head_error(path, getattr(model.config, "architectures", None))
@@ -172,6 +203,7 @@ def pretrained_base(path: Path, config: Any) -> tuple[Any, list[str]]:
     weights that the directory lacks or holds in another shape, which are initialised. The base model's weights
     must all be there (``check_loaded``); weights outside the classifier (a pre-training head such as
     ``cls.predictions``) are not used."""
+    check_model_size(config, sum(math.prod(shape) for shape in weight_shapes(path).values()), f"{path}/config.json")
     model, info = _from_pretrained(path, config=config)
     heads = head_keys(model)
     prefix = f"{model.base_model_prefix}."
@@ -249,31 +281,95 @@ def unknown_token_warning(tokenizer: Any, texts: list[str], what: str) -> str | 
     )
 
 
-def load_tokenizer(path: str | Path) -> Any:
+TOKENIZER_CLASS = re.compile(r"[A-Za-z][A-Za-z0-9_]*Tokenizer(Fast)?")
+TOKENIZER_HINT = (
+    "its tokenizer files are damaged or not a transformers tokenizer; save the tokenizer with save_pretrained"
+)
+
+
+def check_tokenizer_files(path: Path, where: str) -> None:
+    """The JSON files of a tokenizer are objects, and ``tokenizer_class`` names a tokenizer (transformers looks the
+    name up among all its exports: ``"pipeline"`` or ``"AutoModel"`` would be called)."""
+    for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            raise LightbertError(f"{where}'s {name} is not valid JSON", TOKENIZER_HINT) from None
+        if not isinstance(data, dict):
+            raise LightbertError(f"{where}'s {name} is not a JSON object", TOKENIZER_HINT)
+        named = data.get("tokenizer_class") if name == "tokenizer_config.json" else None
+        if named is not None and not (isinstance(named, str) and TOKENIZER_CLASS.fullmatch(named)):
+            raise LightbertError(
+                f"{where}'s tokenizer_config.json names tokenizer_class {named!r:.60}, which is not a tokenizer",
+                'set "tokenizer_class" to its class (e.g. "BertTokenizer"), or save the tokenizer with save_pretrained',
+            )
+
+
+def load_tokenizer(path: str | Path, where: str | None = None) -> Any:
+    """The tokenizer in directory ``path`` (``where`` names it in messages), from local files, no remote code;
+    files it cannot be built from are one ``LightbertError``."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    where = where or str(path)
+    check_tokenizer_files(Path(path), where)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        tokenizer(["a probe"], ["of pairs"], truncation=True, max_length=16)  # some damage shows only when used
+        return tokenizer
+    except Exception as err:  # a damaged file surfaces as anything from KeyError to the Rust library's Exception
+        raise LightbertError(
+            f"cannot load the tokenizer of {where}: {one_line(str(err) or type(err).__name__)[:160]}", TOKENIZER_HINT
+        ) from None
 
 
 def _config_error(where: str, model_type: Any, err: Exception) -> LightbertError:
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if model_type not in CONFIG_MAPPING:
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         return LightbertError(
             f"{where} has model_type {model_type!r}, which transformers {transformers.__version__} does not know",
             "fix model_type, or use a transformers release that has this architecture",
         )
-    return LightbertError(f"{where} is not a valid {model_type} config: {one_line(str(err))[:200]}", WEIGHTS_HINT)
+    return LightbertError(
+        f"{where} is not a valid {model_type} config: {one_line(str(err))[:200]}",
+        "fix that field, or save the model again with save_pretrained",
+    )
+
+
+def _sized(config: Any, where: str) -> Any:
+    """``config``, unless it asks for more layers or heads than any encoder has (building even an empty model of
+    10**12 layers would take the process's memory and time)."""
+    for field in LAYER_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > MAX_LAYERS:
+            raise LightbertError(f"{where} asks for {field} {value:,}", "fix the config; no encoder has that many")
+    return config
+
+
+def check_tokenizer_fits(tokenizer: Any, config: Any, where: str) -> None:
+    """Refuse a tokenizer that makes token ids the model has no embedding for (another model's tokenizer, or a
+    special token added by hand to its config)."""
+    embedded = getattr(config, "vocab_size", None)
+    if isinstance(embedded, int) and len(tokenizer) > embedded:
+        raise LightbertError(
+            f"{where}'s tokenizer has {len(tokenizer):,} tokens but the model embeds {embedded:,}",
+            "use the tokenizer saved with this model",
+        )
 
 
 def load_config(path: str | Path) -> Any:
     from transformers import AutoConfig
 
+    where = f"{Path(path) / 'config.json'}"
     try:
-        return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
-        raise _config_error(f"{Path(path) / 'config.json'}", _json_model_type(Path(path)), err) from None
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as err:  # a field of the wrong type is a ValueError, TypeError or a validation error
+        raise _config_error(where, _json_model_type(Path(path)), err) from None
+    return _sized(config, where)
 
 
 def _json_model_type(path: Path) -> Any:
@@ -290,9 +386,10 @@ def config_from_dict(data: dict[str, Any], where: str = "the checkpoint's model 
     data = dict(data)
     model_type = data.pop("model_type", None)
     try:
-        return AutoConfig.for_model(model_type, **data)
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        config = AutoConfig.for_model(model_type, **data)
+    except Exception as err:  # a field of the wrong type is a ValueError, TypeError or a validation error
         raise _config_error(where, model_type, err) from None
+    return _sized(config, where)
 
 
 def position_limit(config: Any) -> int:
@@ -431,11 +528,12 @@ def build_classifier(
     labels: list[str] | None,
     weights: Path | dict[str, torch.Tensor],
     load_weights: Callable[[Any, dict[str, torch.Tensor]], None] | None = None,
+    say: Callable[[str], None] = note,
 ) -> Any:
     """The HF classifier of ``plan`` in float32, with this task's head: the base's head kept (rows reordered to
     ``labels``) or re-initialised (said on stderr). ``weights`` is the base directory (read by ``from_pretrained``
     from local files only) or the base's weights (loaded by ``load_weights(model, weights)``, without the head's
-    label-dependent weights when the head is replaced)."""
+    label-dependent weights when the head is replaced). ``say`` tells which head weights are new."""
     from transformers import AutoModelForSequenceClassification
 
     config = copy.deepcopy(plan.config)
@@ -461,8 +559,8 @@ def build_classifier(
             elif replace_head:
                 for key in keys:
                     model._init_weights(model.get_submodule(key.rsplit(".", 1)[0]))
-                note(f"new classification head: re-initialised {', '.join(keys)}")
+                say(f"new classification head: re-initialised {', '.join(keys)}")
                 return model.train()
     if new:
-        note(f"new classification head: initialised {', '.join(new)} ({weights} has no trained one)")
+        say(f"new classification head: initialised {', '.join(new)} ({weights} has no trained one)")
     return model.train()

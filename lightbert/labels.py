@@ -19,6 +19,16 @@ from lightbert.errors import LightbertError
 from lightbert.tables import is_missing
 
 Task = Literal["single_label", "multi_label", "regression"]
+
+
+def counted(names: list[str], shown: int = 10) -> str:
+    """Label names for a message, counted: ``2 labels: neg, pos``; a long list as its first and last names
+    (``50 labels: LABEL_0, …, LABEL_49``)."""
+    names = [str(name) for name in names]
+    listed = names if len(names) <= shown else [*names[: shown - 2], "…", names[-1]]
+    return f"{len(names)} label{'s' if len(names) != 1 else ''}: {', '.join(listed)}"
+
+
 TASKS: tuple[str, ...] = get_args(Task)
 
 
@@ -137,8 +147,7 @@ class LabelEncoder:
         unknown = sorted(found - set(known))
         if unknown:
             raise LightbertError(
-                f"{source} has labels the model does not know: {', '.join(unknown[:10])}"
-                f" (known: {', '.join(known[:10])})",
+                f"{source} has labels the model does not know: {counted(unknown)} (known: {counted(known)})",
                 "fix the labels, or train with data that has them",
             )
 
@@ -233,7 +242,7 @@ def class_weights(spec: ClassWeights, task: str, labels: list[str], targets: tor
         unknown = [str(name) for name in spec if str(name) not in labels]
         if unknown:
             raise LightbertError(
-                f"class weights for unknown label(s) {', '.join(unknown)}", f"the labels are {', '.join(labels)}"
+                f"class weights for unknown label(s) {counted(unknown)}", f"the labels: {counted(labels)}"
             )
         named = {str(name): weight for name, weight in spec.items()}
         given = [named.get(name, 1.0) for name in labels]

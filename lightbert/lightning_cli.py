@@ -114,6 +114,16 @@ RESUME_MUST_MATCH = (
 )  # fmt: skip
 
 
+CKPT_PATH_HELP = {
+    "fit": "Path of a lightbert checkpoint to resume training from, exactly where it stopped (weights, optimizer,"
+    " schedule, position in the data and RNG states), e.g. runs/version_0/checkpoints/last.ckpt; the run continues in"
+    " that checkpoint's run directory. To fine-tune further from a checkpoint with a new optimizer and schedule, use"
+    " --model.base instead.",
+    "validate": "Path of the lightbert checkpoint to validate, e.g. runs/version_0/checkpoints/best.ckpt.",
+    "test": "Path of the lightbert checkpoint to test, e.g. runs/version_0/checkpoints/best.ckpt.",
+}
+
+
 def _normal(option: str, value: Any) -> Any:
     """A value as it acts: a path resolved, Lightning's spellings of a precision as one."""
     if option == "trainer.precision":
@@ -154,7 +164,11 @@ class LightbertCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         self._preparing = subcommand  # add_arguments_to_parser adds what this subcommand uses
-        return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        ckpt_path = parser._option_string_actions.get("--ckpt_path")
+        if ckpt_path is not None:  # Lightning's help offers URLs and keywords (best, last, registry) lightbert refuses
+            ckpt_path.help = CKPT_PATH_HELP.get(subcommand, ckpt_path.help)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         max_epochs = parser._option_string_actions.get("--trainer.max_epochs")
@@ -227,12 +241,18 @@ class LightbertCLI(LightningCLI):
             if checkpoint is not None:
                 self._check_resume_options(checkpoint)
             if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
-                print("\n".join(self.datamodule.describe()))
+                print("\n".join([*self.datamodule.describe(), *self.model.head_notes]))
         if self.subcommand == "fit" and self.model.loss_weights and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
             print(describe_class_weights(str(self.model.task), list(self.model.labels or []), self.model.loss_weights))
         self._check_monitor()
         self._check_evaluation_dir()
         trainer_config = self._get(self.config_init, "trainer", default={})
+        clip = trainer_config.get("gradient_clip_val")
+        if clip is not None and not clip >= 0:  # Lightning would clip every gradient to nothing
+            raise LightbertError(
+                f"--trainer.gradient_clip_val must be 0 (no clipping) or more, not {clip}",
+                "pass a positive limit, e.g. --trainer.gradient_clip_val 1.0",
+            )
         if self.subcommand == "fit":
             root = trainer_config.get("default_root_dir") or "runs"
             check_writable_directory(root, "output directory", create=False)
@@ -313,7 +333,7 @@ class LightbertCLI(LightningCLI):
             kwargs["logger"] = default_loggers(root, self._resumed_run) if self.subcommand == "fit" else False
             if self._resumed_run is not None:
                 self.save_config_kwargs["overwrite"] = True  # the run's config.yaml, now with this run's options
-                warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+                hide_warnings(RESUME_WARNINGS)
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -473,23 +493,56 @@ class LightbertCLI(LightningCLI):
                 self._write_evaluation(self.model.classifier())
 
 
-class _DropAdvertising(logging.Filter):
+# -- Lightning's lines a lightbert user cannot act on ---------------------------------------------------------------
+# Hidden here, in one place; every other warning Lightning gives is shown. Each is a regular expression that a warning's
+# message starts with, and the reason there is nothing to be done about it.
+UNACTIONABLE_WARNINGS = (
+    # lightbert hands LightningCLI the command line itself
+    r".*LightningCLI's args parameter",
+    # torch deprecates a class (torch.utils._pytree.LeafSpec) that Lightning's data loading uses
+    r".*LeafSpec",
+    # lightbert's data module restores the position in the epoch itself (its state_dict)
+    r".*your dataloader is not resumable",
+    # an epoch of fewer batches than Trainer(log_every_n_steps=50): the interval counts on across epochs, and every
+    # validation is logged and summarised whatever it is
+    r".*The number of training batches \(\d+\) is smaller than the logging interval",
+)
+# validate and test restore a fit checkpoint without fit's callbacks (its checkpointing and early stopping, whose
+# states only training uses), as they should
+EVALUATION_WARNINGS = (r".*when using `ckpt_path`, callbacks used to create the checkpoint need to be provided",)
+# a resumed run writes on into its own checkpoint directory
+RESUME_WARNINGS = (r".*Checkpoint directory .* exists and is not empty",)
+# Lightning's advertisements for its cloud services (the litlogger and litmodels packages), logged as information
+ADVERTISEMENTS = ("💡 Tip:", "pypi.org/project/litlogger", "pypi.org/project/litmodels")
+
+
+def hide_warnings(patterns: tuple[str, ...]) -> None:
+    """Hide the warnings whose messages match ``patterns`` (one of the tuples above), for the rest of the command."""
+    for pattern in patterns:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class _HideAdvertisements(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(advertisement in message for advertisement in ADVERTISEMENTS)
+
+
+_HIDE_ADVERTISEMENTS = _HideAdvertisements()
 
 
 def run(args: list[str]) -> None:
     """Run ``lightbert fit|validate|test`` (``args`` starts with the subcommand)."""
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # lightbert's data module restores the position in the epoch itself (its state_dict)
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    try:
-        LightbertCLI(args)
-    except SIGTERMException:
-        trainer = getattr(LightbertCLI.running, "trainer", None)
-        callback = getattr(trainer, "checkpoint_callback", None)
-        path = getattr(callback, "saved_on_sigterm", None) or getattr(callback, "last_model_path", None)
-        raise Terminated(path) from None
+    with warnings.catch_warnings():  # the command's own filters end with it
+        hide_warnings(UNACTIONABLE_WARNINGS)
+        if args and args[0] in ("validate", "test"):
+            hide_warnings(EVALUATION_WARNINGS)
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_HIDE_ADVERTISEMENTS)
+        logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+        try:
+            LightbertCLI(args)
+        except SIGTERMException:
+            trainer = getattr(LightbertCLI.running, "trainer", None)
+            callback = getattr(trainer, "checkpoint_callback", None)
+            path = getattr(callback, "saved_on_sigterm", None) or getattr(callback, "last_model_path", None)
+            raise Terminated(path) from None

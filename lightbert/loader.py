@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ import torch
 from lightbert.checkpoint import tokenizer_from_files, unsafe_pickle_error
 from lightbert.classifier import Classifier, check_precision
 from lightbert.devices import resolve_device
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, note, one_line
 from lightbert.hf import (
     build_classifier,
     check_loaded,
     check_model_dir,
+    check_model_size,
+    check_tokenizer_fits,
     config_from_dict,
     effective_max_length,
     is_buffer_key,
@@ -82,7 +85,13 @@ def classifier_from_config(config: Any) -> Any:
 
     if isinstance(config, dict):
         config = config_from_dict(config)
-    return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    try:
+        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    except Exception as err:  # a config that validates can still describe no buildable model (a size of -5)
+        raise LightbertError(
+            f"cannot build a {config.model_type} classifier from the model config: {one_line(str(err))[:160]}",
+            "fix the config, or use another checkpoint",
+        ) from None
 
 
 def lightbert_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -92,10 +101,13 @@ def lightbert_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def _open_lightbert(source: ModelSource) -> OpenedModel:
     assert source.checkpoint is not None
-    config = config_from_dict(source.config)
+    config = config_from_dict(source.config, f"{source.path}'s model config")
+    weights = lightbert_weights(source.checkpoint)
+    check_model_size(config, sum(w.numel() for w in weights.values()), f"{source.path}'s model config")
     model = classifier_from_config(config)
-    _load_strict(model, lightbert_weights(source.checkpoint), source.path)
-    tokenizer = tokenizer_from_files(source.section["tokenizer_files"])
+    _load_strict(model, weights, source.path)
+    tokenizer = tokenizer_from_files(source.section["tokenizer_files"], str(source.path))
+    check_tokenizer_fits(tokenizer, config, str(source.path))
     data = source.section.get("data") or {}
     max_length = int(data.get("max_length") or effective_max_length(512, tokenizer, config))
     return OpenedModel(model, tokenizer, max_length, model_info(source))
@@ -116,6 +128,7 @@ def _open_huggingface(source: ModelSource) -> OpenedModel:
     except pickle.UnpicklingError as err:
         raise unsafe_pickle_error(path / "pytorch_model.bin", err) from None
     tokenizer = load_tokenizer(path)
+    check_tokenizer_fits(tokenizer, model.config, str(path))
     return OpenedModel(model.eval(), tokenizer, effective_max_length(512, tokenizer, model.config), model_info(source))
 
 
@@ -212,9 +225,11 @@ def recipe_weights(source: ModelSource, base: str | Path | None) -> RecipeWeight
 
 def _open_recipe(source: ModelSource, base: str | Path | None) -> OpenedModel:
     found = recipe_weights(source, base)
+    check_model_size(found.config, sum(w.numel() for w in found.weights.values()), f"{found.base}/config.json")
     model = classifier_from_config(found.config)
     _load_strict(model, found.weights, source.path, extra_unexpected=found.outside, base=found.base)
     tokenizer = load_tokenizer(found.base)
+    check_tokenizer_fits(tokenizer, found.config, str(found.base))
     max_length = effective_max_length(512, tokenizer, found.config)
     return OpenedModel(model, tokenizer, max_length, model_info(source, base=found.base, prefix=found.prefix))
 
@@ -263,7 +278,7 @@ class StartingPoint:
     def tokenizer(self) -> Any:
         if self.tokenizer_dir is not None:
             return load_tokenizer(self.tokenizer_dir)
-        return tokenizer_from_files(self.source.section["tokenizer_files"])
+        return tokenizer_from_files(self.source.section["tokenizer_files"], str(self.source.path))
 
 
 def starting_point(
@@ -300,16 +315,19 @@ def starting_point(
     return StartingPoint(source, found.config, found.weights, tokenizer_dir=found.base, recipe=found)
 
 
-def build_from_start(start: StartingPoint, plan: Any, task: str, labels: list[str] | None) -> Any:
+def build_from_start(
+    start: StartingPoint, plan: Any, task: str, labels: list[str] | None, say: Callable[[str], None] = note
+) -> Any:
     """The HF classifier fine-tuning starts with: the starting point's weights with this task's head (kept,
     reordered or re-initialised as ``plan`` says; see ``lightbert.hf.build_classifier``)."""
     if start.weights is None:
-        return build_classifier(plan, task, labels, start.source.path)
+        return build_classifier(plan, task, labels, start.source.path, say=say)
     weights = dict(start.weights)
     if plan.base_head is not None and not plan.keep_head:
         for key in label_dependent_keys(plan.config):
             weights.pop(key, None)
-    return build_classifier(plan, task, labels, weights, lambda model, state: _load_head_free(model, state, start))
+    load = lambda model, state: _load_head_free(model, state, start)  # noqa: E731
+    return build_classifier(plan, task, labels, weights, load, say=say)
 
 
 def _load_head_free(model: Any, weights: dict[str, torch.Tensor], start: StartingPoint) -> None:

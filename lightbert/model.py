@@ -18,7 +18,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torchmetrics
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.nn import functional
@@ -34,7 +36,7 @@ from lightbert.checkpoint import (
 )
 from lightbert.classifier import Classifier
 from lightbert.defaults import SMALL_DATA, fitted_learning_rate
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, note
 from lightbert.fastpath import (
     use_cpu_dropout,
     use_first_position_only,
@@ -200,6 +202,7 @@ class SequenceClassifier(pl.LightningModule):
         self._start: StartingPoint | None = None
         self._head_plan: HeadPlan | None = None
         self._carried_state: dict[str, Any] | None = None
+        self.head_notes: list[str] = []  # which head weights preflight's build initialised, for the CLI to say
         self.loss_weights: list[float] | None = None  # resolved class_weights, in label order
         self.thresholds: dict[str, float] | None = None  # picked by tune_thresholds at the latest validation
 
@@ -295,6 +298,8 @@ class SequenceClassifier(pl.LightningModule):
             assert self._start is not None and self._head_plan is not None
             probe = classifier_from_config(self._start.config)
             self._carried_state = recipe_adamw_state(self._start, probe, head_order(self._head_plan))
+        # before the run starts: a base whose weights do not fit stops it here; the CLI says what is new with the rest
+        self.configure_classifier(say=self.head_notes.append)
 
     def _plan(self) -> None:
         assert self.task is not None
@@ -316,13 +321,14 @@ class SequenceClassifier(pl.LightningModule):
                 "leave --model.carry_optimizer out to start a new head with a fresh optimizer",
             )
 
-    def configure_classifier(self) -> None:
+    def configure_classifier(self, say: Callable[[str], None] = note) -> None:
         """Build the HF model from ``base`` with this task's head, in float32, from local files only (a fine-tuned
-        base keeps its head for the same labels; other labels need ``new_head``, see ``lightbert.hf``)."""
+        base keeps its head for the same labels; other labels need ``new_head``, see ``lightbert.hf``); ``say``
+        tells which head weights are new."""
         if self._head_plan is None:
             self._plan()
         assert self._start is not None and self._head_plan is not None and self.task is not None
-        self.model = build_from_start(self._start, self._head_plan, self.task, self.labels)
+        self.model = build_from_start(self._start, self._head_plan, self.task, self.labels, say)
         if hasattr(self.model.config, THRESHOLDS_KEY):  # the base's thresholds are not this run's
             delattr(self.model.config, THRESHOLDS_KEY)
         if self.hparams["carry_optimizer"] and self._carried_state is None:
@@ -513,6 +519,33 @@ class SequenceClassifier(pl.LightningModule):
             warmup = int(self.hparams["warmup_ratio"] * total) if math.isfinite(total) else 0
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``--trainer.gradient_clip_val`` (by ``norm`` or ``value``) in every precision, the fused AdamW included.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales a GradScaler's gradients
+        inside its own step (the fused AdamW): it could only clip them scaled. Here they are unscaled first where
+        there is a scaler (16-mixed; the scaler then steps the optimizer with them as they are), and clipped as
+        Lightning clips (all the optimizer's parameters); bf16-mixed has no scaler, its gradients are the true ones.
+        Everything else is Lightning's own clipping."""
+        precision = self.trainer.precision_plugin
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)  # what Lightning's refusal checks
+        if not gradient_clip_val or not fused or not isinstance(precision, MixedPrecision):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if all(p.grad is None for group in optimizer.param_groups for p in group["params"]):
+            return  # no backward ran: nothing to unscale or clip (and the scaler will not step)
+        if precision.scaler is not None:
+            precision.scaler.unscale_(optimizer)
+        if GradClipAlgorithmType(gradient_clip_algorithm or "norm") == GradClipAlgorithmType.VALUE:
+            precision.clip_grad_by_value(optimizer, gradient_clip_val)
+        else:
+            precision.clip_grad_by_norm(optimizer, gradient_clip_val)
 
     def _carry_state_into(self, optimizer: torch.optim.Optimizer) -> None:
         """Put the recipe's AdamW moments and step counts (``carry_optimizer``) into ``optimizer``, by name."""

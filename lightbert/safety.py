@@ -52,6 +52,8 @@ SAFETENSORS_DTYPE_BYTES = {
     "F64": 8,
 }
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit
+# Where Lightning reads a module's or data module's hyper-parameters from, its legacy keys included.
+HYPERPARAMETER_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "hparams", "module_arguments")
 # The value LightningCLI itself writes; anything else would make Lightning import a name taken from the file.
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
@@ -198,7 +200,7 @@ def weight_index_shards(index: Path) -> list[str]:
 def check_hyperparameters(checkpoint: dict[str, Any], path: Path) -> None:
     """Refuse hyper-parameters that ask Lightning to import something (CVE-2026-58659 and kin): lightbert never
     instantiates from a file, and a file that asks to is not one to trust."""
-    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+    for key in HYPERPARAMETER_KEYS:
         hparams = checkpoint.get(key)
         if not isinstance(hparams, dict):
             continue
@@ -259,7 +261,7 @@ def write_target(path: str | Path) -> Path:
 
 class _RecordingFile:
     """A file whose write errors are remembered: writers such as ``torch.save`` re-raise them as a RuntimeError
-    that no longer says the disk is full."""
+    ("[enforce fail at inline_container.cc:...] unexpected pos") that no longer says the disk is full."""
 
     def __init__(self, file: IO[bytes]) -> None:
         self._file = file
@@ -302,9 +304,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], what: str
             recording = _RecordingFile(raw)
             try:
                 write(recording)  # type: ignore[arg-type]
-            except Exception:
-                if recording.error is not None:
-                    raise recording.error from None
+            except Exception as err:
+                cause = recording.error or err.__context__  # torch's zip writer raises a RuntimeError over it
+                if not isinstance(err, OSError) and isinstance(cause, OSError):
+                    raise cause from None
                 raise
             raw.flush()
             os.fsync(raw.fileno())

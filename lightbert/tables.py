@@ -1,22 +1,27 @@
 """Reading tables of texts (and labels): CSV, TSV, JSON Lines, Parquet and plain text, whole or in chunks.
 
 ``read_table``/``iter_tables`` turn a file into ``Table`` objects (column name -> cells), ``select_columns`` picks
-the text, second-text and label columns by name or 0-based position, and ``iter_text_chunks`` streams texts to
-predict. Python's csv and json modules (and pyarrow for Parquet) rather than pandas: importing pandas would keep
-~60 MiB resident for the whole run. Needs neither Lightning nor a model.
+the text, second-text and label columns by name or 0-based position, ``columns_for_model`` the columns to read a new
+file with for a model (its training data's, when the file has them), and ``iter_row_chunks``/``iter_text_chunks``
+stream texts to predict (with their rows) from a file or from standard input. Python's csv and json modules (and
+pyarrow for Parquet) rather than pandas: importing pandas would keep ~60 MiB resident for the whole run. Needs
+neither Lightning nor a model.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from lightbert.errors import LightbertError
 
@@ -33,6 +38,9 @@ TEXT_NAMES = ("text", "sentence", "sentence1", "question", "premise", "content")
 PAIR_NAMES = ("text_pair", "sentence2", "question2", "hypothesis")
 LABEL_NAMES = ("label", "labels", "score", "target", "class")
 _HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+
+STDIN = "-"  # the input path that means standard input
+PROBE_ROWS = 100  # rows read to see which columns a file has
 
 Column = int | str | None
 TextChunk = tuple[list[str], list[str] | None]
@@ -59,11 +67,12 @@ class Table:
     """The rows of a data file, column by column: column name -> cell values, in file order.
 
     Headerless CSV/TSV files name their columns 0, 1, ... CSV/TSV cells are strings; JSONL and Parquet cells keep
-    their JSON/Arrow types (numbers, lists, None for null or absent).
+    their JSON/Arrow types (numbers, lists, None for null or absent). ``schema`` is a Parquet file's Arrow schema.
     """
 
-    def __init__(self, columns: dict[Any, list[Any]]) -> None:
+    def __init__(self, columns: dict[Any, list[Any]], schema: Any = None) -> None:
         self.data = columns
+        self.schema = schema
 
     @property
     def columns(self) -> list[Any]:
@@ -88,7 +97,7 @@ def read_table(path: str | Path, header: bool | None = None, expected_columns: S
 
 def iter_tables(
     path: str | Path, header: bool | None = None, expected_columns: Sequence[Any] = (), chunk_size: int = 1 << 62
-) -> Iterator[Table]:
+) -> Generator[Table, None, None]:
     """The rows of a data file, ``chunk_size`` rows at a time, so a long file streams.
 
     CSV/TSV cells are kept as strings. ``header=None`` detects whether the first row is a header: it is when every
@@ -106,7 +115,8 @@ def iter_tables(
             import pyarrow.parquet as pq
 
             for batch in pq.ParquetFile(path).iter_batches(batch_size=min(chunk_size, 1 << 20)):
-                yield Table({name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)})
+                columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
+                yield Table(columns, batch.schema)
         elif fmt == "jsonl":
             with open(path, encoding="utf-8-sig") as f:
                 yield from _jsonl_chunks(f, path, chunk_size)
@@ -302,6 +312,64 @@ def column_keys(
     return text_key, pair_key, label_key
 
 
+def has_recorded_column(table: Table, column: Any) -> bool:
+    """Whether ``table`` has a column recorded from another file: a name it has, or a 0-based position within its
+    columns when it is a headerless CSV/TSV file, whose columns are positions too (in a file with a header, a
+    position recorded from a headerless one is no clue: names are)."""
+    if isinstance(column, bool) or not isinstance(column, (int, str)):
+        return False
+    if isinstance(column, str) and not column.isdigit():
+        return column in table.columns
+    return all(isinstance(c, int) for c in table.columns) and int(column) in table.columns
+
+
+def columns_for_model(
+    path: str | Path,
+    text_column: Column,
+    text_pair_column: Column,
+    label_column: Column,
+    recorded: Mapping[str, Any],
+    paired: bool,
+    labelled: bool = False,
+    header: bool | None = None,
+) -> tuple[tuple[Column, Column, Column], str | None]:
+    """The text, pair and label columns to read a new file with for a model, and a line saying which of them were
+    not given (None: all were given, or are left to the defaults).
+
+    Each column given wins. The others are those the model's training data was read from (``recorded``: a
+    checkpoint's data settings, ``text_column``/``text_pair_column``/``label_column``; the pair only for a
+    ``paired`` model, the label only when ``labelled``) when this file has all of them (``has_recorded_column``);
+    then, for a ``paired`` model, a second-text column found by its name (sentence2/text_pair/..., as ``fit`` finds
+    it); else None: ``select_columns``'s defaults. Plain text files have no columns: the given ones are returned."""
+    given = {"text": text_column, "text_pair": text_pair_column, "label": label_column}
+    if str(path) == STDIN or Path(path).suffix.lower() == ".txt":
+        return (text_column, text_pair_column, label_column), None
+    roles = ["text", *(["text_pair"] if paired else []), *(["label"] if labelled else [])]
+    wanted = {role: recorded.get(f"{role}_column") for role in roles if given[role] is None}
+    wanted = {role: column for role, column in wanted.items() if column is not None}
+    if not wanted and not (paired and text_pair_column is None):
+        return (text_column, text_pair_column, label_column), None
+    expected = [c for c in (*given.values(), *wanted.values()) if isinstance(c, str)]
+    with closing(iter_tables(path, header, expected, chunk_size=PROBE_ROWS)) as tables:
+        first = next(tables, None)
+    chosen = dict(given)
+    said = []
+    if first is not None:
+        if wanted and all(has_recorded_column(first, column) for column in wanted.values()):
+            chosen.update(wanted)
+            said += [f"{role} {column!r}" for role, column in wanted.items()]
+        if paired and chosen["text_pair"] is None:
+            found = _default_column(first, PAIR_NAMES, None)
+            if found is not None:
+                chosen["text_pair"] = found
+                said.append(f"text_pair {found!r} (found by its name)")
+    columns = (chosen["text"], chosen["text_pair"], chosen["label"])
+    if not said:
+        return columns, None
+    options = ", ".join(f"--{role}_column" for role in roles)
+    return columns, f"columns of {Path(path).name}: {', '.join(said)}, as the model was trained ({options} to choose)"
+
+
 def fingerprint(path: str | Path) -> dict[str, Any]:
     """What identifies a data file's contents: its absolute path, size and SHA-256."""
     digest = hashlib.sha256()
@@ -326,6 +394,25 @@ def _text_values(values: list[Any], path: str | Path, role: str, first_row: int)
 # -- texts to predict -------------------------------------------------------------------------------------------------
 
 
+class RowChunk(NamedTuple):
+    """Texts to predict (and their second texts), with the input rows they come from: every column of a table, or
+    a ``text`` column for plain text."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    rows: Table
+
+
+def check_input_file(path: str | Path) -> None:
+    """A file of texts to predict that exists, of a known format (checked before any work starts)."""
+    if str(path) == STDIN:
+        return
+    if Path(path).suffix.lower() != ".txt":
+        table_format(path)
+    if not Path(path).is_file():
+        raise LightbertError(f"input file not found: {path}", "check the path")
+
+
 def iter_text_chunks(
     path: str | Path,
     text_column: Column = None,
@@ -336,7 +423,31 @@ def iter_text_chunks(
     """Texts (and second texts) to predict, ``chunk_size`` rows at a time, so memory stays flat however long the
     file is. ``.txt`` is one text per line (empty lines are empty texts); CSV/TSV/JSONL/Parquet use
     ``text_column`` (default: text/sentence/..., else the first column) and, for a ``paired`` model,
-    ``text_pair_column``."""
+    ``text_pair_column``. ``-`` reads lines of text from standard input."""
+    for chunk in iter_row_chunks(path, text_column, text_pair_column, paired, chunk_size):
+        yield chunk.texts, chunk.pairs
+
+
+def iter_row_chunks(
+    path: str | Path,
+    text_column: Column = None,
+    text_pair_column: Column = None,
+    paired: bool = False,
+    chunk_size: int = 4096,
+    same_columns: bool = False,
+) -> Iterator[RowChunk]:
+    """``iter_text_chunks`` with the rows each chunk's texts come from. ``same_columns``: every chunk has the
+    columns of the whole file, in the order they first appear (JSON Lines, whose records may differ in their keys,
+    is read once more first to collect them, with the type of each, ``jsonl_columns``; a key a record lacks is
+    None)."""
+    if str(path) == STDIN:
+        if text_pair_column is not None or paired:
+            raise LightbertError(
+                "standard input is read as plain text, which has no second text for a pair",
+                "give a CSV/TSV/JSONL/Parquet file as --input with --text_pair_column",
+            )
+        yield from iter_line_chunks(sys.stdin, "standard input", chunk_size)
+        return
     path = Path(path)
     if not path.is_file():
         raise LightbertError(f"input file not found: {path}", "check the path")
@@ -346,34 +457,67 @@ def iter_text_chunks(
                 f"{path} is plain text, which has no second text for a pair",
                 "use a CSV/TSV/JSONL/Parquet file with --text_pair_column",
             )
-        yield from _txt_chunks(path, chunk_size)
+        with open(path, encoding="utf-8") as f:
+            yield from iter_line_chunks(f, str(path), chunk_size)
         return
     if paired and text_pair_column is None:
         raise LightbertError(
             "this model was trained on text pairs", "pass --text_pair_column with the column of the second text"
         )
+    keys, schema = jsonl_columns(path) if same_columns and table_format(path) == "jsonl" else (None, None)
     first_row = 1
     for table in iter_tables(path, None, [text_column, text_pair_column], chunk_size=chunk_size):
         texts, pairs, _ = select_columns(
             table, path, text_column, text_pair_column, None, False, False, first_row, option="--"
         )
         first_row += len(texts)
-        yield texts, pairs
+        if keys is not None:
+            table = Table({key: table.data.get(key, [None] * len(texts)) for key in keys}, schema)
+        yield RowChunk(texts, pairs, table)
 
 
-def _txt_chunks(path: Path, chunk_size: int) -> Iterator[TextChunk]:
+def iter_line_chunks(stream: IO[str], name: str, chunk_size: int = 4096) -> Iterator[RowChunk]:
+    """Lines of text as texts to predict, ``chunk_size`` at a time (a line's end is not part of its text; an empty
+    line is an empty text). Standard input is read as UTF-8, whatever the locale."""
+    if stream is None:  # a process started without standard input
+        raise LightbertError("there is no standard input to read", "give --input FILE, or pipe texts into the command")
+    buffer = getattr(stream, "buffer", None) if stream is sys.stdin else None
+    lines: IO[str] = io.TextIOWrapper(buffer, encoding="utf-8") if buffer is not None else stream
     chunk: list[str] = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                chunk.append(line[:-1] if line.endswith("\n") else line)
-                if len(chunk) == chunk_size:
-                    yield chunk, None
-                    chunk = []
+        for line in lines:
+            chunk.append(line[:-1] if line.endswith("\n") else line)
+            if len(chunk) == chunk_size:
+                yield RowChunk(chunk, None, Table({"text": chunk}))
+                chunk = []
     except UnicodeDecodeError as err:
-        raise table_error(path, "text", err) from None
+        hint = "give UTF-8 text" if stream is sys.stdin else "save the file as UTF-8"
+        raise LightbertError(f"{name} is not valid UTF-8 text (byte {err.start} of a block)", hint) from None
+    finally:
+        if buffer is not None:
+            lines.detach()  # type: ignore[attr-defined]  # leave standard input open
     if chunk:
-        yield chunk, None
+        yield RowChunk(chunk, None, Table({"text": chunk}))
+
+
+def jsonl_columns(path: str | Path) -> tuple[list[Any], Any]:
+    """The keys of a JSON Lines file's records, in the order they first appear, and an Arrow schema of those whose
+    values (nulls aside) are of one type throughout the file: strings, booleans, integers, or numbers (integers
+    and floats: float)."""
+    import pyarrow as pa
+
+    kinds: dict[Any, set[type]] = {}
+    for table in iter_tables(path, chunk_size=4096):
+        for key in table.columns:
+            kinds.setdefault(key, set()).update(type(value) for value in table[key] if value is not None)
+    types = {str: pa.string(), bool: pa.bool_(), int: pa.int64(), float: pa.float64()}
+    fields = []
+    for key, found in kinds.items():
+        if found == {int, float}:
+            found = {float}
+        if len(found) == 1 and next(iter(found)) in types:
+            fields.append(pa.field(str(key), types[next(iter(found))]))
+    return list(kinds), pa.schema(fields)
 
 
 def count_rows(path: str | Path) -> int | None:

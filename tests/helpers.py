@@ -38,7 +38,8 @@ def make_tokenizer(directory: Path) -> Any:
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
-    (directory / "vocab.txt").write_text("\n".join(specials + VOCAB_WORDS + letters + list(".,!?")) + "\n")
+    vocabulary = list(dict.fromkeys(specials + VOCAB_WORDS + letters + list(".,!?")))  # once each: ids are lines
+    (directory / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(str(directory))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -252,3 +257,146 @@ def test_ctrl_c_says_in_one_line_what_to_do_for_that_command(command, advice, mo
     assert cli.main([command]) == 130
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: interrupted (") and advice in line
+
+
+# -- a checkpoint that cannot be written -----------------------------------------------------------------------------
+
+
+def assert_ends_with_one_error_line(result, *fragments: str) -> str:
+    """Exit code 2, and training's output (Lightning's lines) ended by one ``error: <what> (<what to do>)`` line,
+    without a traceback."""
+    assert result.code == 2, result.err[-2000:]
+    assert [line for line in result.err_lines if line.startswith("error:")] == result.err_lines[-1:], result.err
+    assert "Traceback" not in result.err and "inline_container" not in result.err, result.err
+    line = result.err_lines[-1]
+    assert line.rstrip().endswith(")"), line
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+class FullDisk(io.RawIOBase):
+    """An open file on a disk with ``room`` bytes left: a write beyond them fails as the kernel's does (ENOSPC)."""
+
+    def __init__(self, file, room: int) -> None:
+        super().__init__()
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+
+def test_a_checkpoint_save_that_fills_the_disk_ends_in_one_line_and_keeps_the_previous_one(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
+    saves = []
+    save = torch.save
+
+    def second_save_fills_the_disk(checkpoint, file, *args, **kwargs):
+        saves.append(checkpoint["global_step"])
+        return save(checkpoint, FullDisk(file, room=4096) if len(saves) == 2 else file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", second_save_fills_the_disk)
+    args = fit_args(tiny_bert, *sentiment_files, tmp_path / "runs", "--checkpoint.last_every_n_steps=2")
+    result = run_cli(*args)
+    checkpoints = tmp_path / "runs" / "version_0" / "checkpoints"
+    line = assert_ends_with_one_error_line(result, "disk full while writing checkpoint", "last.ckpt")
+    assert line.endswith("; the previous one is intact (free some space and run again)")
+    assert saves == [2, 4]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 2  # the previous, whole
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """A limit on the size of any file this process writes (RLIMIT_FSIZE, which needs no privileges): a write
+    beyond it fails with EFBIG, as a quota or a full disk fail it (SIGXFSZ ignored, which would kill the process)."""
+    import resource
+    import signal
+
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, previous_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+def test_a_checkpoint_write_that_the_system_refuses_ends_in_one_line_naming_why(tiny_bert, sentiment_files, tmp_path):
+    args = fit_args(tiny_bert, *sentiment_files, tmp_path / "runs")
+    with file_size_limit(16 * 1024):  # the run's other files are 3 kB at most, its checkpoints ~280 kB
+        result = run_cli(*args)
+    checkpoints = tmp_path / "runs" / "version_0" / "checkpoints"
+    assert_ends_with_one_error_line(result, f"checkpoint {checkpoints / 'best-epoch=0-step=5-'}")
+    assert list(checkpoints.iterdir()) == []  # no checkpoint, and no temporary file left
+
+
+# -- Lightning's lines a user cannot act on ----------------------------------------------------------------------------
+
+UNACTIONABLE_LINES = (
+    "💡 Tip",  # Lightning's advertisements: litlogger, litmodels
+    "litlogger",
+    "litmodels",
+    "LeafSpec",  # torch's deprecation of a class Lightning uses
+    "is smaller than the logging interval",  # Trainer(log_every_n_steps=50) on a short epoch
+    "callbacks used to create the checkpoint",  # validate and test without fit's callbacks
+)
+
+
+def test_a_resumed_fit_then_validate_and_test_print_none_of_lightnings_lines_a_user_cannot_act_on(
+    tiny_bert, trained_run, tmp_path
+):
+    shutil.copytree(trained_run.parent.parent, tmp_path / "trained")  # the shared run, its data files beside it
+    data = tmp_path / "trained"
+    last = data / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    options = [
+        f"--model.base={tiny_bert}",
+        f"--data.train={data / 'train.csv'}",
+        f"--data.validation={data / 'val.csv'}",
+        f"--ckpt_path={last}",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",  # a copied run goes on in a new run directory
+        "--trainer.enable_progress_bar=false",
+    ]
+    commands = [
+        ["fit", *options, "--trainer.max_epochs=3", "--data.batch_size=8", "--model.learning_rate=0.001"],
+        ["validate", *options],
+        ["test", *options, f"--data.test={data / 'val.csv'}"],
+    ]
+    # A real process, as a terminal shows it (here pytest would capture the warnings and log records), running the
+    # three commands in turn.
+    code = "import json, sys\nfrom lightbert.cli import main\nsys.exit(max([main(c) for c in json.loads(sys.argv[1])]))"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(commands)], capture_output=True, text=True, env=environment, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resuming at epoch 1, step 6" in result.stdout and "\nlast: epoch 2, step 9," in result.stdout
+    assert "validation: accuracy" in result.stdout and "test: accuracy" in result.stdout
+    shown = [line for line in result.stderr.splitlines() if any(text in line for text in UNACTIONABLE_LINES)]
+    assert shown == [], result.stderr
+
+
+def test_a_lightning_warning_a_user_can_act_on_is_still_shown(tiny_bert, sentiment_files, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    args = fit_args(tiny_bert, *sentiment_files, tmp_path / "runs", f"--checkpoint.dirpath={tmp_path / 'mine'}")
+    with pytest.warns(UserWarning, match="Checkpoint directory .* exists and is not empty"):
+        assert run_cli(*args).code == 0
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_the_ckpt_path_help_asks_for_the_path_of_a_lightbert_checkpoint_not_a_url(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    help_text = " ".join(out.split("  --ckpt_path CKPT_PATH", 1)[1].split("\n  --", 1)[0].split())
+    assert help_text.startswith(("Path of a lightbert checkpoint", "Path of the lightbert checkpoint")), help_text
+    assert "URL" not in help_text and "registry" not in help_text, help_text

@@ -21,7 +21,7 @@ def test_validation_labels_unseen_in_training_are_an_error(tmp_path, tiny_bert):
     train = write_csv(tmp_path / "t.csv", ["text", "label"], [("good", "pos"), ("bad", "neg")])
     val = write_csv(tmp_path / "v.csv", ["text", "label"], [("meh", "neutral")])
     dm = ClassificationDataModule(train=str(train), validation=str(val), tokenizer=str(tiny_bert))
-    with pytest.raises(LightbertError, match=r"v\.csv has labels the model does not know: neutral"):
+    with pytest.raises(LightbertError, match=r"v\.csv has labels the model does not know: 1 label: neutral"):
         dm.setup("fit")
 
 

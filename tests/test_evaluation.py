@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from sklearn import metrics as sk
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lightbert import evaluate, load
+from lightbert.errors import LightbertError
 from lightbert.evaluation import evaluate_file, write_report
 
 ABC = ["a", "b", "c"]
@@ -209,7 +211,9 @@ def test_the_command_writes_the_report_and_says_where(trained_checkpoint, tmp_pa
 def test_labels_the_model_does_not_know_are_named_with_the_models(trained_checkpoint, tmp_path):
     path = write_csv(tmp_path / "e.csv", ["text", "label"], [("good", "positive"), ("meh", "neutral")])
     result = run_cli("evaluate", trained_checkpoint, "--input", path, "--output_dir", tmp_path / "out")
-    assert_one_error_line(result, "labels the model does not know: neutral", "known: negative, positive")
+    assert_one_error_line(
+        result, "labels the model does not know: 1 label: neutral", "known: 2 labels: negative, positive"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -238,3 +242,62 @@ def test_export_quotes_the_models_report_in_the_model_card(trained_checkpoint, t
     metrics = json.loads((report / "report.json").read_text())["metrics"]
     assert "model-index:" in card and "type: accuracy" in card and "## Evaluation" in card
     assert f"| accuracy | {metrics['accuracy']:.4f} |" in card
+
+
+# -- nothing a user had is lost ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["data.tsv", "sub/deeper/data.tsv"])
+def test_an_output_directory_that_holds_the_input_is_refused_before_any_work(where, tmp_path):
+    path = tmp_path / "ev" / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(path, ["sentence", "label"], [("a good film", "positive"), ("bad", "negative")])
+    before = path.read_bytes()
+    result = run_cli("evaluate", tmp_path / "no-such-model.ckpt", "--input", path, "--output_dir", tmp_path / "ev",
+                     "--overwrite")  # fmt: skip
+    assert_one_error_line(result, f"--output_dir {tmp_path / 'ev'} holds the input", "choose another --output_dir")
+    assert path.read_bytes() == before
+
+
+def test_an_output_directory_that_holds_the_model_is_refused(trained_checkpoint, tmp_path):
+    (tmp_path / "run").mkdir()
+    model = shutil.copy(trained_checkpoint, tmp_path / "run" / "model.ckpt")
+    path = write_csv(tmp_path / "e.csv", ["text", "label"], [("a good film", "positive"), ("bad", "negative")])
+    result = run_cli("evaluate", model, "--input", path, "--output_dir", tmp_path / "run", "--overwrite")
+    assert_one_error_line(result, "holds the input", str(model))
+    assert (tmp_path / "run" / "model.ckpt").is_file()
+
+
+def test_write_report_never_replaces_a_directory_that_holds_its_data(classifier, tmp_path):
+    (tmp_path / "ev").mkdir()
+    path = write_csv(tmp_path / "ev" / "e.csv", ["text", "label"], [("a good film", "positive"), ("bad", "negative")])
+    report = evaluate_file(classifier, path)
+    with pytest.raises(LightbertError, match="holds the input"):
+        write_report(report, tmp_path / "ev", overwrite=True)
+    assert path.is_file()
+
+
+# -- the columns the model was trained on ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_model(tmp_path_factory, tiny_bert):
+    """A pair model trained on a headerless TSV by position: id, text 1, second text 2, label 3."""
+    tmp = tmp_path_factory.mktemp("pairs")
+    rows = [(str(i), t, "the film", ["negative", "positive"][int(y)]) for i, (t, y) in enumerate(sentiment_rows(16))]
+    path = write_csv(tmp / "pairs.tsv", None, rows)
+    return train_checkpoint(tiny_bert, tmp / "run", path, text_column=1, text_pair_column=2, label_column=3)
+
+
+def test_evaluate_reads_a_new_file_with_the_columns_the_model_was_trained_on(pair_model, tmp_path):
+    rows = [(str(i), t, "the film", ["negative", "positive"][int(y)]) for i, (t, y) in enumerate(sentiment_rows(12))]
+    path = tmp_path / "new.tsv"
+    path.write_text("".join("\t".join(row) + "\n" for row in rows), encoding="utf-8")
+    result = run_cli("evaluate", pair_model, "--input", path, "--output_dir", tmp_path / "auto")
+    assert result.code == 0, result.err
+    assert "columns of new.tsv: text 1, text_pair 2, label 3, as the model was trained" in result.err
+    options = ["--text_column", "1", "--text_pair_column", "2", "--label_column", "3"]
+    assert run_cli("evaluate", pair_model, "--input", path, "--output_dir", tmp_path / "given", *options).code == 0
+    auto, given = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("auto", "given"))
+    assert auto["rows"] == 12 and auto["data"]["text_column"] == 1 and auto["data"]["label_column"] == 3
+    assert auto["metrics"] == given["metrics"]

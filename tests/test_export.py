@@ -79,3 +79,41 @@ def test_export_command_reports_the_verification_and_keeps_an_existing_export(tr
     assert result.code == 0, result.err
     assert "exported to" in result.out and "max logit difference" in result.out
     assert run_cli("export", trained_checkpoint, tmp_path / "cli").code == 2
+
+
+def _edited_checkpoint(trained_checkpoint, path, edit) -> str:
+    data = torch.load(trained_checkpoint, weights_only=True)
+    edit(data["lightbert"])
+    torch.save(data, path)
+    return path
+
+
+def test_export_strips_the_fields_that_name_remote_code(trained_checkpoint, tmp_path):
+    def ask_for_code(section):
+        section["hf_config"]["auto_map"] = {"AutoModelForSequenceClassification": "evil.Model"}
+        section["hf_config"]["custom_pipelines"] = {"x": {"impl": "evil.Pipe"}}
+
+    source = _edited_checkpoint(trained_checkpoint, tmp_path / "remote.ckpt", ask_for_code)
+    export(source, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "auto_map" not in config and "custom_pipelines" not in config
+    assert "auto_map" not in json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert load(tmp_path / "out").labels == load(trained_checkpoint).labels  # and lightbert loads it
+
+
+def test_the_model_card_quotes_a_checkpoints_values_without_letting_them_out(trained_checkpoint, tmp_path):
+    def hostile(section):
+        section["training_config"] += "```\n<script>alert(1)</script>\n[click](https://evil.example)\n"
+        section["data"]["text_column"] = "te`xt <b>"
+        names = ["pos</td><script>x()</script>", "[neg](https://evil.example) | ``` "]
+        section["labels"] = names
+        section["hf_config"]["id2label"] = dict(enumerate(names))
+        section["hf_config"]["label2id"] = {name: i for i, name in enumerate(names)}
+
+    export(_edited_checkpoint(trained_checkpoint, tmp_path / "hostile.ckpt", hostile), tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    outside_code = "\n".join(part for i, part in enumerate(card.split("````")) if i % 2 == 0)
+    assert "<script>" not in outside_code and "](https://evil" not in outside_code
+    assert "````yaml" in card  # the configuration's fence is longer than the backticks inside it
+    assert "| 0 | pos&lt;/td&gt;&lt;script&gt;x\\(\\)&lt;/script&gt; |" in card
+    assert "- text\\_column: `` te`xt <b> ``" in card

@@ -37,7 +37,7 @@ def test_integer_labels_sort_numerically():
 def test_explicit_label_order_is_kept_and_unknown_labels_refused():
     encoder = LabelEncoder.fit(["pos", "neg"], labels=["pos", "neg"])
     assert encoder.encode(["neg", "pos"], "x").tolist() == [1, 0]
-    with pytest.raises(LightbertError, match="labels the model does not know: neutral"):
+    with pytest.raises(LightbertError, match="labels the model does not know: 1 label: neutral"):
         encoder.encode(["neutral"], "val.csv")
 
 

@@ -76,6 +76,17 @@ def test_regression_records_have_a_score(tmp_path, tiny_bert):
     assert set(record) == {"score"} and isinstance(record["score"], float)
 
 
+def test_no_texts_give_no_records(classifier):
+    assert classifier.predict([]) == []
+    assert classifier.predict([], long_texts="chunk") == []
+    assert classifier.records(torch.empty(0, 2)) == []
+
+
+def test_no_texts_give_logits_of_no_rows_and_the_models_width(classifier):
+    logits = classifier.logits([])
+    assert logits.shape == (0, 2) and logits.dtype == torch.float32
+
+
 def test_write_predictions_streams_records_and_counts_truncation(classifier):
     out = io.StringIO()
     chunks = [(["good", "film " * 500], None), (["bad"], None)]
@@ -134,12 +145,13 @@ def test_predict_command_refuses_to_overwrite_output(trained_checkpoint, tmp_pat
 def test_predict_command_on_pairs_needs_the_second_column(tmp_path, tiny_bert):
     rows = [(t, "the film", label) for t, label in sentiment_rows(16)]
     path = write_csv(tmp_path / "p.csv", ["sentence1", "sentence2", "label"], rows)
-    ckpt = train_checkpoint(tiny_bert, tmp_path, path)
-    result = run_cli("predict", ckpt, "--input", path, "--text_column", "sentence1")
+    ckpt = train_checkpoint(tiny_bert, tmp_path / "run", path)
+    unnamed = write_csv(tmp_path / "u.csv", ["first", "second"], [(t, "the film") for t, _ in sentiment_rows(5)])
+    result = run_cli("predict", ckpt, "--input", unnamed, "--text_column", "first")
     assert result.code == 2 and "trained on text pairs" in result.err
-    result = run_cli("predict", ckpt, "--input", path, "--text_column", "sentence1", "--text_pair_column", "sentence2")
+    result = run_cli("predict", ckpt, "--input", unnamed, "--text_column", "first", "--text_pair_column", "second")
     assert result.code == 0, result.err
-    assert len(read_jsonl(result.out)) == 16
+    assert len(read_jsonl(result.out)) == 5
 
 
 # -- precisions ------------------------------------------------------------------------------------------------------

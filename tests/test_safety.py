@@ -167,7 +167,7 @@ CASES = {
     ),
     "unseen validation label": (
         ["fit", "--data.train={train}", "--data.validation={unseen}"],
-        ["labels the model does not know: 2"],
+        ["labels the model does not know: 1 label: 2"],
     ),
     "nan regression target": (
         ["fit", "--data.train={nan}", "--data.validation={nan}"],
@@ -284,3 +284,46 @@ def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path):
     with staged_directory(out) as staging:
         (staging / "whole").write_text("written")
     assert [p.name for p in out.iterdir()] == ["whole"] and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("key", ["hparams", "module_arguments"])
+def test_an_import_named_in_lightnings_legacy_hyperparameter_keys_is_refused(key, import_payload, tmp_path):
+    data = torch.load(import_payload[0], weights_only=True)
+    data[key] = data.pop("hyper_parameters")
+    torch.save(data, tmp_path / "legacy.ckpt")
+    assert_one_error_line(run_cli("predict", tmp_path / "legacy.ckpt", "text"), f"through {key}['_instantiator']")
+    assert not import_payload[2].exists() and PROBE_MODULE not in sys.modules
+
+
+class _RunsAShell:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return (eval, ("1",))
+
+
+@pytest.mark.parametrize(("payload", "named"), [(_RunsAShell(), "posix.system"), (_Evaluates(), "builtins.eval")])
+def test_a_refused_pickle_names_the_object_it_wanted(payload, named, tmp_path):
+    torch.save({"state_dict": {}, "x": payload}, tmp_path / "evil.ckpt")
+    assert_one_error_line(run_cli("inspect", tmp_path / "evil.ckpt"), f"holds a {named} object, which could run code")
+
+
+def test_flipped_bytes_inside_a_checkpoints_weights_are_refused(trained_checkpoint, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(trained_checkpoint) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)  # the largest tensor's data
+    data = bytearray(trained_checkpoint.read_bytes())
+    local = member.header_offset  # the local header: name and extra-field lengths at bytes 26 and 28
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
+    start += int.from_bytes(data[local + 28 : local + 30], "little")
+    for i in range(start, start + min(1000, member.file_size)):
+        data[i] ^= 0xFF
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(data))
+    result = run_cli("predict", tmp_path / "flipped.ckpt", "text")
+    assert_one_error_line(result, f"is corrupt: {member.filename} fails its checksum", "use an earlier checkpoint")
