@@ -41,11 +41,15 @@ def best_time(action: Any, repeats: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint to read (default: MiniLM's weights)")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         path = args.checkpoint or minilm_checkpoint(Path(tmp))
