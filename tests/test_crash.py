@@ -84,7 +84,9 @@ def resume_and_compare(base, files, killed_root: Path, tmp_path: Path, uninterru
     assert result.code == 0, result.err
     # the resumed run continues the killed run's directory
     weights = final_weights(killed_root) if step < STEPS else read_checkpoint(last)["state_dict"]
-    assert max_difference(weights, uninterrupted) <= 1e-6
+    # float rounding of processes with other thread counts (~1e-6 on weights that learn); a resume that lost
+    # the optimizer, schedule or data position differs by 1e-3 and more
+    assert max_difference(weights, uninterrupted) <= 1e-5
     return step
 
 

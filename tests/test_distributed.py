@@ -245,8 +245,20 @@ def test_two_machines_predict_a_file_into_the_file_one_process_writes(trained_ch
     errors = [node.communicate(timeout=300)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:]
     assert "wrote 5000 predictions" in "".join(errors) and "(2 processes)" in "".join(errors)
-    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert_same_predictions(tmp_path / "two.jsonl", tmp_path / "one.jsonl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]  # no shards left
+
+
+def assert_same_predictions(got: Path, expected: Path) -> None:
+    """The same records in the same order: labels equal, numbers equal up to float rounding (another process pads
+    its batches to other lengths, which changes the last digits)."""
+    got_rows = [json.loads(line) for line in got.read_text().splitlines()]
+    expected_rows = [json.loads(line) for line in expected.read_text().splitlines()]
+    assert len(got_rows) == len(expected_rows)
+    for a, b in zip(got_rows, expected_rows, strict=True):
+        assert a.keys() == b.keys() and a["label"] == b["label"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert a.get("probs", {}) == pytest.approx(b.get("probs", {}), abs=1e-5)
 
 
 @pytest.mark.parametrize("when", ["before joining the group", "at work"])
