@@ -492,3 +492,20 @@ class ServerProcess:
     def __exit__(self, *exc: Any) -> None:
         if self.process.poll() is None:
             self.kill()
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """A limit on the size of any file this process writes (RLIMIT_FSIZE, which needs no privileges): a write
+    beyond it fails with EFBIG, as a quota or a full disk fail it (SIGXFSZ ignored, which would kill the process)."""
+    import resource
+    import signal
+
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, previous_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -14,7 +13,16 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import assert_one_error_line, fit_args, read_jsonl, run_cli, run_process, sentiment_rows, write_csv
+from helpers import (
+    assert_one_error_line,
+    file_size_limit,
+    fit_args,
+    read_jsonl,
+    run_cli,
+    run_process,
+    sentiment_rows,
+    write_csv,
+)
 
 from lightbert.cli import main
 
@@ -311,23 +319,6 @@ def test_a_checkpoint_save_that_fills_the_disk_ends_in_one_line_and_keeps_the_pr
     assert saves == [2, 4]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 2  # the previous, whole
     assert sorted(path.name for path in checkpoints.iterdir()) == ["last.ckpt"]  # no temporary file left
-
-
-@contextlib.contextmanager
-def file_size_limit(size: int):
-    """A limit on the size of any file this process writes (RLIMIT_FSIZE, which needs no privileges): a write
-    beyond it fails with EFBIG, as a quota or a full disk fail it (SIGXFSZ ignored, which would kill the process)."""
-    import resource
-    import signal
-
-    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, previous_limit[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
-        signal.signal(signal.SIGXFSZ, previous_handler)
 
 
 def test_a_checkpoint_write_that_the_system_refuses_ends_in_one_line_naming_why(tiny_bert, sentiment_files, tmp_path):

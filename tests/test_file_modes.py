@@ -4,14 +4,13 @@ left behind."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_error_line, run_cli
+from helpers import assert_one_error_line, file_size_limit, run_cli
 
 from lightbert.errors import LightbertError
 from lightbert.safety import atomic_write, staged_directory
@@ -100,22 +99,6 @@ def test_predict_into_a_path_that_cannot_be_a_directory_is_one_line(trained_chec
     (tmp_path / "file").write_text("not a directory")
     result = run_cli("predict", trained_checkpoint, "a great film", "--output", tmp_path / "file" / "out.jsonl")
     assert_one_error_line(result, str(tmp_path / "file"))
-
-
-@contextlib.contextmanager
-def file_size_limit(size: int):
-    """Writes beyond ``size`` bytes fail with EFBIG, as on a full disk (SIGXFSZ, which would kill, ignored)."""
-    import resource
-    import signal
-
-    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, previous_limit[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
-        signal.signal(signal.SIGXFSZ, previous_handler)
 
 
 def test_an_export_the_disk_cannot_hold_is_one_line_and_leaves_nothing(trained_checkpoint, tmp_path):
