@@ -93,7 +93,20 @@ def parse_request(payload: Any, paired: bool, max_texts: int) -> TextsRequest:
 def _string(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f'"{field}" must be a string, not {_json_type(value)}')
+    _check_encodable(value, field)
     return value
+
+
+def _check_encodable(value: str, field: str) -> None:
+    """A string the tokenizer can take: JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 text
+    holds, and which would fail the whole batch the request joins."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRequest(
+            f'"{field}" holds a lone surrogate (\\u{ord(value[err.start]):04x} at character {err.start}), which is not'
+            " text: send valid Unicode"
+        ) from None
 
 
 def _strings(value: Any, field: str, max_texts: int) -> list[str]:
@@ -106,6 +119,7 @@ def _strings(value: Any, field: str, max_texts: int) -> list[str]:
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise BadRequest(f"{field}[{i}] must be a string, not {_json_type(item)}")
+        _check_encodable(item, f"{field}[{i}]")
     return value
 
 
@@ -149,6 +163,9 @@ class RequestChecks:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as err:
             await send_error(send, 400, f"the body is not valid JSON ({err})")
+            return
+        except RecursionError:  # the parser's own depth limit (about 1,000 levels); no request needs more than 2
+            await send_error(send, 400, "the body nests too deeply to be a request")
             return
         try:
             parse_request(payload, self.paired, self.max_texts)

@@ -87,6 +87,8 @@ def test_a_pair_model_gets_second_texts_in_the_same_shape():
         ({"texts": ["a", "b"], "text_pairs": ["c"]}, 422, "one second text per text"),
         ({"text": "a", "text_pairs": ["c"]}, 422, '"text_pairs" goes with "texts"'),
         ({"text": "a", "label": "x"}, 422, "unknown field 'label'"),
+        ({"text": "\ud800"}, 422, '"text" holds a lone surrogate (\\ud800 at character 0)'),
+        ({"texts": ["ok", "a\udfff"]}, 422, '"texts[1]" holds a lone surrogate (\\udfff at character 1)'),
     ],
 )
 def test_a_bad_request_says_what_is_wrong(payload, status, fragment):
@@ -249,7 +251,7 @@ def test_a_text_over_the_models_limit_is_truncated_and_says_so(server):
 def test_concurrent_good_and_bad_requests_fail_only_the_bad_ones(server, classifier):
     texts = [text for text, _ in sentiment_rows(24, seed=4)]
     expected = classifier.predict(texts)
-    bad = [{"texts": []}, {"text": 7}, {"texts": ["x"] * 9}, {"nothing": 1}]
+    bad = [{"texts": []}, {"text": 7}, {"texts": ["x"] * 9}, {"nothing": 1}, {"text": "\ud800"}, {"texts": ["\udfff"]}]
 
     def send(i: int):
         if i % 3 == 2:  # every third request is a bad one, among good ones in the same batches
@@ -273,6 +275,8 @@ def test_concurrent_good_and_bad_requests_fail_only_the_bad_ones(server, classif
         (json.dumps({"text": "x" * 5000}).encode(), 413, "over 4096 bytes"),
         (json.dumps({"texts": ["a"] * 9}).encode(), 413, "at most 8"),
         (json.dumps({"text": ["a"]}).encode(), 422, '"text" must be a string'),
+        (b"[" * 3000, 400, "nests too deeply"),
+        (b'{"text": "\\ud800"}', 422, "lone surrogate"),
     ],
 )
 def test_a_bad_body_gets_a_4xx_answer_with_the_reason(server, raw, status, fragment):
