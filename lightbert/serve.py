@@ -132,16 +132,26 @@ class RequestChecks:
     """ASGI middleware in the HTTP server: reads ``POST /predict`` bodies up to ``max_body_bytes``, checks them with
     ``parse_request`` and answers a bad one itself (4xx, ``{"error": ...}``), so it never reaches a batch."""
 
-    def __init__(self, app: Any, *, path: str, paired: bool, max_texts: int, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Any, *, path: str, paired: bool, max_texts: int, max_body_bytes: int, loopback: bool = True
+    ) -> None:
         self.app = app
         self.path = path
         self.paired = paired
         self.max_texts = max_texts
         self.max_body_bytes = max_body_bytes
+        self.loopback = loopback  # bound to this machine only: requests must name it (no DNS rebinding)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.loopback and not is_loopback_host(dict(scope["headers"]).get(b"host")):
+            await send_error(send, 421, "this server answers requests to localhost only (its Host header)")
+            return
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
+            return
+        media_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media_type != b"application/json":  # a web page can send a form or text/plain cross-site, not JSON
+            await send_error(send, 415, "the body must be sent as Content-Type: application/json")
             return
         too_large = f"the body is over {self.max_body_bytes} bytes (send fewer or shorter texts per request)"
         headers = dict(scope["headers"])
@@ -189,6 +199,19 @@ class RequestChecks:
             return message
 
         await self.app(scope, replay, send)
+
+
+LOOPBACK_NAMES = {b"localhost", b"127.0.0.1", b"[::1]"}
+
+
+def is_loopback_host(host: bytes | None) -> bool:
+    """Whether a Host header names this machine (``localhost``, ``127.0.0.1`` or ``[::1]``, with any port); a request
+    without one (HTTP/1.0) is let through."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    name = name[: name.find(b"]") + 1] if name.startswith(b"[") else name.rsplit(b":", 1)[0]  # the port dropped
+    return name in LOOPBACK_NAMES
 
 
 async def send_error(send: Any, status: int, message: str) -> None:
@@ -565,7 +588,8 @@ def serve(
         model, base, trust_checkpoint, device, precision, batch_size, threshold, max_texts, threads, cores, long_texts
     )
     api = ClassifierAPI(settings, paired, max_batch_size, batch_timeout)
-    checks = {"path": "/predict", "paired": paired, "max_texts": max_texts, "max_body_bytes": max_body_bytes}
+    checks = {"path": "/predict", "paired": paired, "max_texts": max_texts, "max_body_bytes": max_body_bytes,
+              "loopback": bind == "127.0.0.1"}  # fmt: skip
     server = Server(
         api,
         accelerator="cpu",  # lightbert places the model itself (--device), the same way as predict

@@ -229,7 +229,7 @@ def test_a_text_gets_the_record_lightbert_predict_gives(server, classifier):
 
 def test_the_readmes_request_gets_a_record_per_text(server):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    [body] = re.findall(r"curl -s localhost:8000/predict -d '(.+)'", readme)
+    [body] = re.findall(r"curl -s localhost:8000/predict -H 'Content-Type: application/json' -d '(.+)'", readme)
     answer = server.post(json.loads(body))
     assert answer.status == 200 and len(answer.body["predictions"]) == len(json.loads(body)["texts"])
 
@@ -282,6 +282,55 @@ def test_concurrent_good_and_bad_requests_fail_only_the_bad_ones(server, classif
 def test_a_bad_body_gets_a_4xx_answer_with_the_reason(server, raw, status, fragment):
     answer = server.post(raw=raw)
     assert answer.status == status and fragment in answer.body["error"], answer
+
+
+def raw_request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """A request with exactly the headers given (urllib would add its own Host and Content-Type)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for name, value in (headers or {}).items():
+        connection.putheader(name, value)
+    if body is not None:
+        connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    response = connection.getresponse()
+    answer = response.status, json.loads(response.read() or b"null")
+    connection.close()
+    return answer
+
+
+GOOD_BODY = json.dumps({"text": "a good film"}).encode()
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "192.168.1.5", "localhost.evil.example"])
+def test_a_loopback_server_refuses_requests_for_another_host(server, host):
+    for method, path, body in (("POST", "/predict", GOOD_BODY), ("GET", "/info", None)):
+        status, answer = raw_request(server, method, path, body, {"Host": host, "Content-Type": "application/json"})
+        assert status == 421 and "localhost only" in answer["error"]
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST:1"])
+def test_a_loopback_server_answers_requests_that_name_this_machine(server, host):
+    status, answer = raw_request(
+        server, "POST", "/predict", GOOD_BODY, {"Host": host, "Content-Type": "application/json"}
+    )
+    assert status == 200 and answer["label"]
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_a_predict_body_not_sent_as_json_is_refused_415(server, content_type):
+    headers = {"Host": "localhost"} | ({"Content-Type": content_type} if content_type else {})
+    status, answer = raw_request(server, "POST", "/predict", GOOD_BODY, headers)
+    assert status == 415 and "application/json" in answer["error"]
+
+
+def test_a_json_content_type_with_a_charset_is_json(server):
+    headers = {"Host": "localhost", "Content-Type": "application/json; charset=utf-8"}
+    assert raw_request(server, "POST", "/predict", GOOD_BODY, headers)[0] == 200
 
 
 def test_other_http_errors_answer_with_an_error_field_too(server):
