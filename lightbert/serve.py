@@ -33,7 +33,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lightbert.errors import LightbertError
+from lightbert.errors import LightbertError, one_line
 
 HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "0.0.0.0": "0.0.0.0", "::": "::"}
 PAGE = Path(__file__).parent / "resources" / "serve" / "index.html"
@@ -364,18 +364,29 @@ class ClassifierAPI(litserve.LitAPI):
             ]
             if not group:
                 continue
-            texts = [t for i in group for t in requests[i].texts]  # type: ignore[union-attr]
-            pairs = [p for i in group for p in requests[i].pairs] if with_pairs else None  # type: ignore[union-attr]
-            inference = self.classifier.infer(texts, pairs, self.settings.batch_size)
-            threshold = self.settings.threshold
-            records = self.classifier.records(inference.logits, threshold, inference.truncated, inference.windows)
-            start = 0
-            for i in group:
-                request = requests[i]
-                assert isinstance(request, TextsRequest)
-                answers[i] = (request, records[start : start + len(request.texts)])
-                start += len(request.texts)
+            try:
+                self._answer(requests, group, answers)
+            except Exception:  # a request the checks let through still fails: it must fail alone
+                for i in group:
+                    try:
+                        self._answer(requests, [i], answers)
+                    except Exception as err:
+                        answers[i] = failed_request(err)
         return answers
+
+    def _answer(self, requests: list[Any], group: list[int], answers: list[Any]) -> None:
+        """Run the requests ``group`` names as one pass and put each one's records in ``answers``."""
+        with_pairs = requests[group[0]].pairs is not None
+        texts = [t for i in group for t in requests[i].texts]
+        pairs = [p for i in group for p in requests[i].pairs] if with_pairs else None
+        inference = self.classifier.infer(texts, pairs, self.settings.batch_size)
+        records = self.classifier.records(
+            inference.logits, self.settings.threshold, inference.truncated, inference.windows
+        )
+        start = 0
+        for i in group:
+            answers[i] = (requests[i], records[start : start + len(requests[i].texts)])
+            start += len(requests[i].texts)
 
     def unbatch(self, output: list[Any]) -> list[Any]:
         return output
@@ -387,6 +398,19 @@ class ClassifierAPI(litserve.LitAPI):
             request, records = output
             status, content = 200, records[0] if request.single else {"predictions": records}
         return Response(json.dumps(content), status_code=status, media_type="application/json")
+
+
+def failed_request(err: Exception) -> BadRequest:
+    """The answer to a request the model failed on, run alone: a 500 with a JSON body, and one line in the log (the
+    traceback with ``LIGHTBERT_DEBUG=1``)."""
+    import sys
+    import traceback
+
+    message = f"{type(err).__name__}: {one_line(str(err))[:200]}"
+    print(f"error: a request failed in the model: {message}", file=sys.stderr, flush=True)
+    if os.environ.get("LIGHTBERT_DEBUG"):
+        traceback.print_exception(err)
+    return BadRequest(f"the model failed on this request ({message})", 500)
 
 
 def check_options(

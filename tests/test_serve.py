@@ -114,6 +114,29 @@ def test_a_batch_answers_each_request_alone_even_with_a_bad_one_inside(trained_c
     assert "error" in json.loads(answers[1].body)
 
 
+def test_a_request_the_model_fails_on_fails_alone_in_one_log_line(trained_checkpoint, classifier, capfd):
+    api = serving_api(trained_checkpoint)
+    infer = api.classifier.infer
+
+    def fails_on_poison(texts, pairs=None, batch_size=64):
+        if "poison" in texts:
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+        return infer(texts, pairs, batch_size)
+
+    api.classifier.infer = fails_on_poison
+    requests = [api.decode_request(r) for r in ({"text": "good"}, {"texts": ["x", "poison"]}, {"text": "fine"})]
+    answers = [api.encode_response(a) for a in api.unbatch(api.predict(api.batch(requests)))]
+    assert [a.status_code for a in answers] == [200, 500, 200]
+    assert close(json.loads(answers[0].body), classifier.predict(["good"])[0])
+    assert close(json.loads(answers[2].body), classifier.predict(["fine"])[0])
+    assert "the model failed on this request (TypeError: TextEncodeInput" in json.loads(answers[1].body)["error"]
+    log = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert log == [
+        "error: a request failed in the model: TypeError: TextEncodeInput must be Union[TextInputSequence,"
+        " Tuple[InputSequence, InputSequence]]"
+    ]
+
+
 # -- workers and their threads -----------------------------------------------------------------------------------------
 
 
