@@ -16,6 +16,7 @@ from helpers import (
     make_base_model,
     run_cli,
     sentiment_rows,
+    train_checkpoint,
     train_recipe,
     write_csv,
 )
@@ -74,6 +75,16 @@ def sentiment_files(tmp_path) -> tuple[Path, Path]:
     train = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(40, seed=1))
     val = write_csv(tmp_path / "val.csv", ["text", "label"], sentiment_rows(8, seed=2))
     return train, val
+
+
+@pytest.fixture(scope="session")
+def pair_model(tmp_path_factory, tiny_bert) -> Path:
+    """A pair model trained on a headerless TSV by position: id, text 1, second text 2, label 3 (read it, never
+    change it)."""
+    tmp = tmp_path_factory.mktemp("pairs")
+    rows = [(str(i), t, "the film", ["negative", "positive"][int(y)]) for i, (t, y) in enumerate(sentiment_rows(16))]
+    path = write_csv(tmp / "pairs.tsv", None, rows)
+    return train_checkpoint(tiny_bert, tmp / "run", path, text_column=1, text_pair_column=2, label_column=3)
 
 
 @pytest.fixture(scope="session")

@@ -280,15 +280,6 @@ def test_write_report_never_replaces_a_directory_that_holds_its_data(classifier,
 # -- the columns the model was trained on ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pair_model(tmp_path_factory, tiny_bert):
-    """A pair model trained on a headerless TSV by position: id, text 1, second text 2, label 3."""
-    tmp = tmp_path_factory.mktemp("pairs")
-    rows = [(str(i), t, "the film", ["negative", "positive"][int(y)]) for i, (t, y) in enumerate(sentiment_rows(16))]
-    path = write_csv(tmp / "pairs.tsv", None, rows)
-    return train_checkpoint(tiny_bert, tmp / "run", path, text_column=1, text_pair_column=2, label_column=3)
-
-
 def test_evaluate_reads_a_new_file_with_the_columns_the_model_was_trained_on(pair_model, tmp_path):
     rows = [(str(i), t, "the film", ["negative", "positive"][int(y)]) for i, (t, y) in enumerate(sentiment_rows(12))]
     path = tmp_path / "new.tsv"

@@ -54,15 +54,6 @@ def assert_predictions_match(table_rows, header, records):
 
 
 @pytest.fixture(scope="module")
-def pair_model(tmp_path_factory, tiny_bert):
-    """A pair model trained on a headerless TSV by position: id, text 1, second text 2, label 3."""
-    tmp = tmp_path_factory.mktemp("pairs")
-    rows = [(str(i), t, "the film", ["negative", "positive"][int(y)]) for i, (t, y) in enumerate(sentiment_rows(16))]
-    path = write_csv(tmp / "pairs.tsv", None, rows)
-    return train_checkpoint(tiny_bert, tmp / "run", path, text_column=1, text_pair_column=2, label_column=3)
-
-
-@pytest.fixture(scope="module")
 def multi_label_model(tmp_path_factory, tiny_bert):
     tmp = tmp_path_factory.mktemp("multi")
     rows = [{"text": t, "label": ["x", "y"] if y == "1" else ["y"]} for t, y in sentiment_rows(16)]
